@@ -1,0 +1,2 @@
+from .autoencoder_same import SAMEAutoencoderModel, SAMEAutoencoderOutput, SAMEDecoderOutput
+from .transformer_stable_audio3 import StableAudio3Transformer, StableAudio3TransformerOutput

@@ -1,0 +1,1 @@
+"""Stable Audio 3 pipelines."""

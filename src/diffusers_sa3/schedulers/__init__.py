@@ -1,0 +1,2 @@
+from .scheduling_flow_match_ot import FlowMatchOTScheduler
+from .scheduling_pingpong_adversarial import PingPongAdversarialScheduler
