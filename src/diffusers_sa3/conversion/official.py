@@ -65,7 +65,15 @@ def read_safetensors(path: str, prefix: Optional[str] = None, strip_prefix: bool
     try:
         handle = safe_open(path, framework="pt", device="cpu")
     except Exception as e:  # safetensors raises its own error types for truncated or foreign files
-        raise ValueError(f"Could not read {path!r} as safetensors ({e}). Is the file truncated or not safetensors?") from e
+        cut = truncated_safetensors_keys(path)
+        detail = (
+            f" Tensors cut off by the end of the file: {', '.join(cut[:20])}{' ...' if len(cut) > 20 else ''}."
+            if cut
+            else ""
+        )
+        raise ValueError(
+            f"Could not read {path!r} as safetensors ({e}). Is the file truncated or not safetensors?{detail}"
+        ) from e
     state_dict = {}
     with handle as f:
         for key in f.keys():
@@ -74,6 +82,25 @@ def read_safetensors(path: str, prefix: Optional[str] = None, strip_prefix: bool
             name = key[len(prefix) :] if (prefix is not None and strip_prefix) else key
             state_dict[name] = f.get_tensor(key)
     return state_dict
+
+
+def truncated_safetensors_keys(path: str) -> list:
+    """Names of the tensors whose data lie past the end of a (truncated) safetensors file; [] if unreadable."""
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            header_len = int.from_bytes(f.read(8), "little")
+            if header_len <= 0 or 8 + header_len > size:
+                return []
+            header = json.loads(f.read(header_len))
+    except (OSError, ValueError):
+        return []
+    data_size = size - 8 - header_len
+    return sorted(
+        key
+        for key, entry in header.items()
+        if key != "__metadata__" and isinstance(entry, dict) and entry.get("data_offsets", [0, 0])[1] > data_size
+    )
 
 
 def safetensors_keys(path: str) -> Iterable[str]:
