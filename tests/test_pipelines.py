@@ -1,0 +1,340 @@
+"""Pipelines: official-parity sampling runs, mixed durations, loading/saving, conversion and bad input."""
+
+import logging
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from diffusers_sa3 import (
+    FlowMatchOTScheduler,
+    PingPongAdversarialScheduler,
+    StableAudio3InpaintPipeline,
+    StableAudio3Pipeline,
+)
+from utils import MEDIUM_BASE_CKPT, SMALL_CKPT, assert_parity, load_reference
+
+
+# Sampling runs: the fixture README suggests rtol/atol 1e-3 for final latents and 1e-3 for audio of an independent fp32
+# re-implementation (the run compounds 8-10 DiT passes). We hold the issue's tolerance of 1e-4 x max|ref| where it is
+# reached and report the measured errors.
+SAMPLING_TOL = 1e-4
+
+
+def _inject_step_noise(pipe, noises):
+    """Replays the official run's recorded ping-pong draws, in order, through the scheduler's `noise` argument."""
+    queue = list(noises)
+    original_step = pipe.scheduler.step
+
+    def step(*args, **kwargs):
+        kwargs.pop("generator", None)
+        kwargs["noise"] = queue.pop(0)
+        return original_step(*args, **kwargs)
+
+    pipe.scheduler.step = step
+    return queue
+
+
+def _official_pipe(path, cls=StableAudio3Pipeline):
+    pipe = cls.from_pretrained(path)
+    pipe.set_progress_bar_config(disable=True)
+    # The fixtures were produced on CPU, where the official self-attention applies the padding mask by zeroing values.
+    pipe.transformer.set_padding_semantics("value_zeroing")
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def small_pipe():
+    return _official_pipe(SMALL_CKPT)
+
+
+@pytest.fixture(scope="module")
+def medium_pipe():
+    return _official_pipe(MEDIUM_BASE_CKPT)
+
+
+def _run_and_capture(pipe, **kwargs):
+    captured = {}
+
+    def callback(p, i, t, callback_kwargs):
+        captured.setdefault("latents", []).append(callback_kwargs["latents"].clone())
+        return callback_kwargs
+
+    audio = pipe(callback_on_step_end=callback, output_type="pt", add_decode_noise=False, **kwargs).audios
+    return audio, captured["latents"][-1]
+
+
+def test_official_folder_loads_with_right_components(small_pipe, medium_pipe):
+    assert isinstance(small_pipe.scheduler, PingPongAdversarialScheduler)
+    assert isinstance(medium_pipe.scheduler, FlowMatchOTScheduler)
+    assert small_pipe.config.max_text_length == 32
+    assert small_pipe.text_encoder.dtype == torch.bfloat16
+    assert medium_pipe.max_duration == pytest.approx(16777216 / 44100)
+
+
+def test_pingpong_sampling_parity(small_pipe):
+    ref, info = load_reference("sample_pingpong_small")
+    call = info["call"]
+    assert "steps': 8" in call
+    _inject_step_noise(small_pipe, [ref[f"sampler_noise_{i}"] for i in range(8)])
+    try:
+        audio, final = _run_and_capture(
+            small_pipe,
+            prompt=["lofi hip hop beat with dusty drums", "a crackling campfire"],
+            duration=0.25,
+            num_inference_steps=8,
+            latents=ref["initial_noise"],
+        )
+    finally:
+        del small_pipe.scheduler.step
+    errors = {
+        "final_latents": assert_parity(final, ref["final_latents"], "ping-pong final latents", SAMPLING_TOL),
+        "audio": assert_parity(audio, ref["audio"], "ping-pong audio", SAMPLING_TOL),
+    }
+    print("pingpong parity", errors)
+
+
+def test_euler_cfg_apg_sampling_parity(medium_pipe):
+    ref, _ = load_reference("sample_euler_cfg_medium_base")
+    audio, final = _run_and_capture(
+        medium_pipe,
+        prompt=["upbeat house loop with punchy kick", "ocean waves crashing on a rocky shore"],
+        duration=0.25,
+        num_inference_steps=10,
+        guidance_scale=7.0,
+        latents=ref["initial_noise"],
+    )
+    errors = {
+        "final_latents": assert_parity(final, ref["final_latents"], "euler+cfg final latents", SAMPLING_TOL),
+        "audio": assert_parity(audio, ref["audio"], "euler+cfg audio", SAMPLING_TOL),
+    }
+    print("euler parity", errors)
+
+
+def test_inpaint_sampling_parity():
+    pipe = _official_pipe(SMALL_CKPT, StableAudio3InpaintPipeline)
+    ref, _ = load_reference("sample_inpaint_small")
+    signal = load_reference("signals")[0]["signal"][:, :30000]
+    _inject_step_noise(pipe, [ref[f"sampler_noise_{i}"] for i in range(8)])
+    audio, final = _run_and_capture(
+        pipe,
+        prompt="gentle acoustic guitar fingerpicking in a small room",
+        audio=signal,
+        sampling_rate=44100,
+        duration=0.35,
+        inpaint_regions=[(0.05, 0.12)],
+        num_inference_steps=8,
+        latents=ref["initial_noise"],
+    )
+    errors = {
+        "final_latents": assert_parity(final, ref["final_latents"], "inpaint final latents", SAMPLING_TOL),
+        "audio": assert_parity(audio, ref["audio"], "inpaint audio", SAMPLING_TOL),
+    }
+    print("inpaint parity", errors)
+
+
+def test_audio_to_audio_sampling_parity():
+    pipe = _official_pipe(MEDIUM_BASE_CKPT, StableAudio3InpaintPipeline)
+    ref, _ = load_reference("sample_a2a_medium_base")
+    signal = load_reference("signals")[0]["signal"][:, :30000]
+    audio, final = _run_and_capture(
+        pipe,
+        prompt="ambient drone with shimmering reverb",
+        init_audio=signal,
+        init_noise_level=0.7,
+        duration=0.35,
+        num_inference_steps=10,
+        guidance_scale=7.0,
+        latents=ref["initial_noise"],
+    )
+    errors = {
+        "final_latents": assert_parity(final, ref["final_latents"], "a2a final latents", SAMPLING_TOL),
+        "audio": assert_parity(audio, ref["audio"], "a2a audio", SAMPLING_TOL),
+    }
+    print("a2a parity", errors)
+
+
+@pytest.mark.parametrize("checkpoint", [SMALL_CKPT, MEDIUM_BASE_CKPT])
+def test_mixed_durations_equal_each_prompt_alone(checkpoint):
+    pipe = StableAudio3Pipeline.from_pretrained(checkpoint)
+    pipe.set_progress_bar_config(disable=True)
+    prompts = ["rain falling on a tin roof", "a crackling campfire", "dog barking near a busy street"]
+    durations = [0.4, 2.5, 1.3]
+    steps = 3
+    batch = pipe(
+        prompt=prompts,
+        duration=durations,
+        num_inference_steps=steps,
+        generator=[torch.Generator().manual_seed(s) for s in (1, 2, 3)],
+        output_type="pt",
+    ).audios
+    assert isinstance(batch, list) and len(batch) == 3
+    for i, (prompt, seconds) in enumerate(zip(prompts, durations)):
+        alone = pipe(
+            prompt=prompt,
+            duration=seconds,
+            num_inference_steps=steps,
+            generator=[torch.Generator().manual_seed(i + 1)],
+            output_type="pt",
+        ).audios[0]
+        assert batch[i].shape == (2, int(seconds * 44100)) == alone.shape
+        err = (batch[i] - alone).abs().max().item()
+        assert err <= 1e-4 * alone.abs().max().item() + 1e-6, f"prompt {i}: batch vs alone differ by {err:.3e}"
+
+
+def test_same_seed_same_audio_and_callback(small_pipe):
+    first = small_pipe("a crackling campfire", duration=0.5, generator=torch.Generator().manual_seed(3)).audios
+    second = small_pipe("a crackling campfire", duration=0.5, generator=torch.Generator().manual_seed(3)).audios
+    third = small_pipe("a crackling campfire", duration=0.5, generator=torch.Generator().manual_seed(4)).audios
+    assert first.shape == (1, 2, int(0.5 * 44100))
+    np.testing.assert_array_equal(first, second)
+    assert np.abs(first - third).max() > 1e-3
+    steps = []
+    small_pipe(
+        "a crackling campfire",
+        duration=0.5,
+        num_inference_steps=2,
+        callback_on_step_end=lambda p, i, t, kw: steps.append(i) or kw,
+    )
+    assert steps == [0, 1]
+
+
+def test_output_types_and_num_waveforms(small_pipe):
+    out = small_pipe(["a", "b"], duration=0.3, num_waveforms_per_prompt=2, num_inference_steps=1, output_type="pt")
+    assert out.audios.shape == (4, 2, int(0.3 * 44100))
+    latents = small_pipe("a", duration=0.3, num_inference_steps=1, output_type="latent").audios
+    assert latents.shape[:2] == (1, small_pipe.transformer.config.in_channels)
+    as_tuple = small_pipe("a", duration=0.3, num_inference_steps=1, return_dict=False)
+    assert isinstance(as_tuple, tuple) and as_tuple[0].shape == (1, 2, int(0.3 * 44100))
+
+
+def test_save_load_round_trip(small_pipe, tmp_path):
+    small_pipe.save_pretrained(tmp_path / "pipe")
+    loaded = StableAudio3Pipeline.from_pretrained(tmp_path / "pipe")
+    loaded.set_progress_bar_config(disable=True)
+    assert type(loaded.transformer) is type(small_pipe.transformer)
+    assert type(loaded.vae) is type(small_pipe.vae)
+    assert loaded.text_encoder.dtype == torch.bfloat16
+    loaded.transformer.set_padding_semantics("value_zeroing")
+    kwargs = {"prompt": "rain falling on a tin roof", "duration": 0.4, "num_inference_steps": 2}
+    for original, reloaded in [
+        (small_pipe.transformer, loaded.transformer),
+        (small_pipe.vae, loaded.vae),
+        (small_pipe.text_encoder, loaded.text_encoder),
+    ]:
+        if not hasattr(original.config, "to_dict"):  # diffusers configs; transformers' are checked by the weights
+            assert dict(original.config) | {"_name_or_path": None} == dict(reloaded.config) | {"_name_or_path": None}
+        for name, tensor in original.state_dict().items():
+            torch.testing.assert_close(reloaded.state_dict()[name], tensor, rtol=0, atol=0)
+    a = small_pipe(generator=torch.Generator().manual_seed(0), **kwargs).audios
+    b = loaded(generator=torch.Generator().manual_seed(0), **kwargs).audios
+    # Identical weights; the reloaded tensors may differ in memory layout, which changes float rounding (~1e-6).
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
+
+
+def test_converter_cli_writes_a_loadable_folder(tmp_path, small_pipe):
+    from diffusers_sa3.cli import main
+
+    dst = tmp_path / "converted"
+    assert main(["convert", SMALL_CKPT, str(dst)]) == 0
+    assert (dst / "model_index.json").is_file() and (dst / "transformer" / "config.json").is_file()
+    loaded = StableAudio3Pipeline.from_pretrained(dst)
+    for name, param in small_pipe.transformer.state_dict().items():
+        torch.testing.assert_close(loaded.transformer.state_dict()[name], param, rtol=0, atol=0)
+    # An existing, non-empty destination is never overwritten without --overwrite.
+    with pytest.raises(SystemExit, match="--overwrite"):
+        main(["convert", SMALL_CKPT, str(dst)])
+
+
+def test_generate_cli_writes_wav(tmp_path):
+    import soundfile as sf
+
+    from diffusers_sa3.cli import main
+
+    out = tmp_path / "tone.wav"
+    args = ["generate", "a crackling campfire", "--model", SMALL_CKPT, "--duration", "0.5", "--steps", "2"]
+    assert main(args + ["--seed", "1", "-o", str(out), "--quiet"]) == 0
+    audio, rate = sf.read(out)
+    assert rate == 44100 and audio.shape == (int(0.5 * 44100), 2)
+    # A failed call writes nothing and leaves an existing file alone.
+    before = out.read_bytes()
+    with pytest.raises(SystemExit):
+        main(args[:4] + ["--duration", "-1", "-o", str(out), "--overwrite", "--quiet"])
+    assert out.read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["tone.wav"]
+
+
+# ---------------------------------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"duration": 0.0}, "`duration` must be a positive"),
+        ({"duration": -2.0}, "`duration` must be a positive"),
+        ({"duration": float("nan")}, "`duration` must be a positive, finite"),
+        ({"duration": 500.0}, "beyond this model's maximum"),
+        ({"prompt": []}, "`prompt` is an empty list"),
+        ({"prompt": ["a", "b"], "duration": [1.0]}, "`duration` has 1 values but `prompt` has 2"),
+        ({"prompt": ["a", "b"], "negative_prompt": ["x"]}, "`negative_prompt` has 1 entries but `prompt` has 2"),
+        ({"output_type": "mp3"}, "`output_type` must be one of"),
+        ({"num_inference_steps": 0}, "`num_inference_steps` must be an integer >= 1, got 0"),
+        ({"latents": torch.zeros(1, 3, 5)}, "`latents` must have shape"),
+    ],
+)
+def test_bad_input_raises_clear_value_error(small_pipe, kwargs, match):
+    call = {"prompt": "a crackling campfire", "duration": 0.5, "num_inference_steps": 1}
+    call.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        small_pipe(**call)
+
+
+def test_guidance_on_post_trained_model_warns(small_pipe, caplog):
+    from diffusers.utils import logging as diffusers_logging
+
+    diffusers_logging.enable_propagation()
+    try:
+        with caplog.at_level(logging.WARNING):
+            small_pipe("a crackling campfire", duration=0.3, num_inference_steps=1, guidance_scale=3.0)
+    finally:
+        diffusers_logging.disable_propagation()
+    assert "post-trained" in caplog.text
+
+
+@pytest.fixture(scope="module")
+def inpaint_pipe():
+    pipe = StableAudio3InpaintPipeline.from_pretrained(SMALL_CKPT)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"inpaint_regions": [(0.2, 0.1)]}, "reversed"),
+        ({"inpaint_regions": [(0.1, 5.0)]}, "outside the clip"),
+        ({"inpaint_regions": [(-0.1, 0.2)]}, "outside the clip"),
+        ({"inpaint_regions": [(0.1, 0.3), (0.2, 0.4)]}, "overlap"),
+        ({"audio": np.zeros((2, 0), dtype=np.float32)}, "`audio` is empty"),
+        ({"audio": np.zeros((2, 3, 4, 5), dtype=np.float32)}, "`audio` must have shape"),
+        ({"audio": None}, "Pass `audio`"),
+        ({"inpaint_regions": None, "duration": 0.5}, "nothing would be regenerated"),
+        ({"init_audio": "signal", "init_noise_level": 1.5}, "`init_noise_level` must be in"),
+    ],
+)
+def test_inpaint_bad_input(inpaint_pipe, kwargs, match):
+    clip = np.random.default_rng(0).standard_normal((2, 22050)).astype(np.float32) * 0.1
+    call = {"prompt": "a", "audio": clip, "inpaint_regions": [(0.1, 0.2)], "num_inference_steps": 1}
+    call.update(kwargs)
+    if call.get("init_audio") == "signal":
+        call["init_audio"] = clip
+    with pytest.raises(ValueError, match=match):
+        inpaint_pipe(**call)
+
+
+def test_inpaint_resamples_mono_and_continues(inpaint_pipe):
+    rate = 22050
+    clip = (0.3 * np.sin(2 * np.pi * 440 * np.arange(rate // 2) / rate)).astype(np.float32)  # 0.5 s mono
+    out = inpaint_pipe("a", audio=clip, sampling_rate=rate, duration=1.0, num_inference_steps=1).audios
+    assert out.shape == (1, 2, 44100)
