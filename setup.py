@@ -3,10 +3,12 @@ from setuptools import find_packages, setup
 
 extras = {
     "train": ["accelerate>=1.0", "peft>=0.15", "tensorboard"],
-    "demo": ["gradio>=5", "matplotlib"],
+    "demo": ["gradio>=6,<7", "matplotlib"],
     "flash": ["flash-attn>=2.6"],
 }
-extras["dev"] = sorted(set(extras["train"]) | {"pytest>=8", "pytest-timeout", "ruff>=0.6"})
+extras["dev"] = sorted(
+    set(extras["train"] + extras["demo"]) | {"pytest>=8", "pytest-timeout", "ruff>=0.6", "gradio_client", "playwright"}
+)
 
 setup(
     name="diffusers-sa3",
