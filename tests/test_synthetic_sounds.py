@@ -1,0 +1,252 @@
+"""The synthetic captioned sound set, the DSP metrics that score generations against it, and the evaluation CLI."""
+
+import filecmp
+import importlib.util
+import json
+import os
+import re
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from diffusers_sa3.training.audio_metrics import LABELS, classify_sound, score_clip, summarize_scores
+from diffusers_sa3.training.synthetic_sounds import (
+    ATTRIBUTE_NAMES,
+    NOTES,
+    SOUND_TYPES,
+    caption_vocabulary,
+    combination_key,
+    heldout_combinations,
+    note_to_hz,
+    read_metadata,
+    split_combinations,
+    synthesize,
+    synthetic_examples,
+    write_synthetic_dataset,
+)
+from utils import MEDIUM_BASE_CKPT, SMALL_CKPT
+
+
+SR = 44100
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _load_script(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "training_examples", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _attributes(kind, side, loudness, duration, sound_end, **extra):
+    attributes = dict.fromkeys(ATTRIBUTE_NAMES)
+    attributes.update(
+        type=kind,
+        side=side,
+        loudness=loudness,
+        duration=float(duration),
+        seconds_total=duration,
+        sound_end_seconds=float(sound_end),
+    )
+    attributes.update(extra)
+    if attributes["note"] is not None:
+        attributes["pitch_hz"] = note_to_hz(attributes["note"])
+    return attributes
+
+
+def _ground_truth_cases():
+    """Every label, side and loudness; low and high notes; clips with and without a silent tail."""
+    sides, loudness = ("left", "centre", "right"), ("quiet", "loud")
+    specs = []
+    for waveform in ("sine", "square", "sawtooth"):
+        specs += [{"kind": "tone", "waveform": waveform, "note": note} for note in ("c3", "a4", "b5")]
+    for note, quality, waveform in (("c3", "minor", "sawtooth"), ("e4", "major", "sine"), ("g5", "minor", "square")):
+        specs.append({"kind": "chord", "note": note, "chord": quality, "waveform": waveform})
+    specs += [{"kind": "noise"}, {"kind": "noise"}]
+    specs += [{"kind": "drums", "bpm": bpm} for bpm in (80, 110, 140)]
+    specs += [
+        {"kind": "chirp", "direction": "rising", "waveform": "sine", "pitch_hz": 100.0, "pitch_end_hz": 400.0},
+        {"kind": "chirp", "direction": "falling", "waveform": "sine", "pitch_hz": 1600.0, "pitch_end_hz": 400.0},
+    ]
+    cases = []
+    for i, spec in enumerate(specs):
+        kind = spec.pop("kind")
+        duration = 4 if kind == "drums" else 2 + i % 2
+        sound_end = duration - 1 if i % 4 == 0 else duration
+        cases.append(_attributes(kind, sides[i % 3], loudness[i % 2], duration, sound_end, **spec))
+    return cases
+
+
+def test_metrics_score_clean_ground_truth_clips_correctly():
+    cases = _ground_truth_cases()
+    cases += [e["attributes"] for e in synthetic_examples(10, seed=7)]
+    scores = []
+    for index, attributes in enumerate(cases):
+        audio = synthesize(attributes, np.random.default_rng(index))
+        assert audio.shape == (2, int(attributes["duration"] * SR)) and audio.dtype == np.float32
+        scores.append(score_clip(audio, SR, attributes))
+    assert {s["expected_label"] for s in scores} == set(LABELS) - {"silence"}
+
+    failures = []
+    for attributes, s in zip(cases, scores):
+        problems = []
+        if not s["type_correct"]:
+            problems.append(f"label {s['label']} != {s['expected_label']}")
+        if s["pitch_error_semitones"] is not None and s["pitch_error_semitones"] >= 0.3:
+            problems.append(f"pitch error {s['pitch_error_semitones']:.3f} semitones")
+        if s["tempo_error_bpm"] is not None and s["tempo_error_bpm"] >= 0.02 * attributes["bpm"]:
+            problems.append(f"tempo {s['bpm']} bpm for {attributes['bpm']}")
+        if not s["side_correct"]:
+            problems.append(f"side {s['side']}")
+        if abs(s["end_error_seconds"]) > 0.1:
+            problems.append(f"end {s['end_seconds']:.3f} s for {attributes['sound_end_seconds']}")
+        if not s["loudness_correct"]:
+            problems.append(f"loudness {s['loudness']}")
+        if problems:
+            failures.append(f"{attributes['type']} {attributes}: " + "; ".join(problems))
+    assert not failures, "\n".join(failures)
+    summary = summarize_scores(scores)
+    assert summary["type_accuracy"] == summary["side_accuracy"] == summary["duration_adherence"] == 1.0
+
+
+def test_metrics_detect_wrong_attributes():
+    tone = _attributes("tone", "left", "loud", 2, 2, waveform="square", note="a4")
+    audio = synthesize(tone, np.random.default_rng(0))
+    wrong = dict(tone, waveform="sawtooth", note="b4", pitch_hz=note_to_hz("b4"), side="right", loudness="quiet")
+    wrong["sound_end_seconds"] = 1.0
+    s = score_clip(audio, SR, wrong)
+    assert not (s["type_correct"] or s["side_correct"] or s["loudness_correct"] or s["duration_ok"])
+    assert abs(s["pitch_error_semitones"] - 2.0) < 0.05
+
+    drums = _attributes("drums", "centre", "loud", 4, 4, bpm=120)
+    s = score_clip(synthesize(drums, np.random.default_rng(0)), SR, dict(drums, bpm=90))
+    assert abs(s["tempo_error_bpm"] - 30) < 2
+
+    silent = classify_sound(np.zeros((2, SR)), SR)
+    assert silent["label"] == "silence" and silent["end_seconds"] is None
+    s = score_clip(np.zeros((2, SR)), SR, tone)
+    assert not s["type_correct"] and not s["duration_ok"] and s["pitch_error_semitones"] == 12.0
+
+
+def test_dataset_is_deterministic(tmp_path):
+    first = write_synthetic_dataset(str(tmp_path / "a"), 3, seed=0)
+    write_synthetic_dataset(str(tmp_path / "b"), 3, seed=0)
+    write_synthetic_dataset(str(tmp_path / "c"), 3, seed=1)
+    names = sorted(os.listdir(tmp_path / "a"))
+    assert names == sorted(
+        [r["file_name"] for r in first] + [r["file_name"][:-4] + ".txt" for r in first] + ["metadata.jsonl"]
+    )
+    match, mismatch, errors = filecmp.cmpfiles(tmp_path / "a", tmp_path / "b", names, shallow=False)
+    assert match == names, (mismatch, errors)
+    wavs = [name for name in names if name.endswith(".wav")]
+    match, _, _ = filecmp.cmpfiles(tmp_path / "a", tmp_path / "c", wavs, shallow=False)
+    assert not match, "another seed must give other clips"
+
+    rows = read_metadata(str(tmp_path / "a"))
+    assert rows == json.loads(json.dumps(first))
+    for row in rows:
+        assert set(row) == {"file_name", "text", *ATTRIBUTE_NAMES}
+        assert 1 <= row["duration"] <= 12 and row["sound_end_seconds"] <= row["duration"]
+        with open(tmp_path / "a" / (row["file_name"][:-4] + ".txt")) as f:
+            assert f.read().strip() == row["text"]
+        info = sf.info(str(tmp_path / "a" / row["file_name"]))
+        assert (info.samplerate, info.channels, info.frames) == (SR, 2, int(row["duration"] * SR))
+
+
+def test_heldout_split_is_disjoint_and_deterministic():
+    heldout = heldout_combinations(split_seed=0)
+    assert heldout == heldout_combinations(split_seed=0)
+    assert heldout != heldout_combinations(split_seed=1)
+    train = split_combinations("train", split_seed=0)
+    for kind in SOUND_TYPES:
+        assert heldout[kind], kind
+        assert not set(heldout[kind]) & set(train[kind]), kind
+        # Every single attribute value of a held-out combination is seen in train.
+        for combination in heldout[kind]:
+            for position in range(1, len(combination)):
+                assert any(c[position] == combination[position] for c in train[kind]), combination
+
+    train_keys = {combination_key(e["attributes"]) for e in synthetic_examples(400, seed=0, with_audio=False)}
+    heldout_examples = synthetic_examples(100, seed=0, split="heldout", with_audio=False)
+    heldout_keys = {combination_key(e["attributes"]) for e in heldout_examples}
+    assert not train_keys & heldout_keys
+    assert heldout_keys <= {c for kind in SOUND_TYPES for c in heldout[kind]}
+    assert {e["attributes"]["type"] for e in heldout_examples} == set(SOUND_TYPES)
+
+
+def test_captions_and_vocabulary(tmp_path):
+    examples = synthetic_examples(300, seed=3, with_audio=False)
+    texts = [e["text"] for e in examples]
+    for text in texts:
+        assert re.fullmatch(r"[a-z0-9]+( [a-z0-9]+)*", text), text
+    assert len(set(texts)) > 250, "captions should vary"
+    vocabulary = caption_vocabulary(examples)
+    assert vocabulary == sorted(set(" ".join(texts).split()))
+    assert caption_vocabulary(texts) == vocabulary
+    assert {"sine", "square", "sawtooth", "bpm", "chord", "major", "left", "right", "silence", "quiet", "loud"} <= set(
+        vocabulary
+    )
+    assert any(note in vocabulary for note in NOTES) and "440" in vocabulary
+
+    script = _load_script("synthetic_sounds")
+    rows = script.main(script.parse_args(["--output_dir", str(tmp_path), "--num_examples", "2", "--split", "heldout"]))
+    assert caption_vocabulary(str(tmp_path)) == caption_vocabulary(rows)
+    assert all(row["file_name"].startswith("heldout_") for row in rows)
+
+
+def test_evaluate_cli_end_to_end(tmp_path, capsys):
+    script = _load_script("evaluate")
+    output = tmp_path / "eval.json"
+    args = script.parse_args(
+        [
+            "--base", MEDIUM_BASE_CKPT, "--base_steps", "1",
+            "--post_trained", SMALL_CKPT, "--post_trained_steps", "1", "8",
+            "--num_prompts", "2", "--seed", "1", "--max_seconds", "3", "--output_json", str(output), "--device", "cpu",
+        ]
+    )  # fmt: skip
+    result = script.main(args)
+    table = capsys.readouterr().out
+    for title in ("type accuracy", "median pitch error", "stereo side accuracy", "duration adherence", "SNR"):
+        assert title in table
+    for column in ("reference", "base_euler_1", "post_trained_1", "post_trained_8"):
+        assert column in table
+
+    with open(output) as f:
+        saved = json.load(f)
+    assert saved["table"] == result["table"]
+    assert set(saved) == {"settings", "targets", "prompts", "columns", "table"}
+    assert list(saved["columns"]) == ["reference", "base_euler_1", "post_trained_1", "post_trained_8"]
+    metric_keys = {
+        "type_accuracy",
+        "median_pitch_error_semitones",
+        "median_tempo_error_bpm",
+        "side_accuracy",
+        "duration_adherence",
+        "loudness_accuracy",
+        "num_clips",
+        "same_snr_db",
+    }
+    for name, column in saved["columns"].items():
+        assert set(column["metrics"]) == metric_keys, name
+        assert column["metrics"]["num_clips"] == 2 and len(column["clips"]) == 2
+        assert set(column["meets_targets"]) == {
+            "type_accuracy",
+            "median_pitch_error_semitones",
+            "side_accuracy",
+            "duration_adherence",
+        }
+    reference = saved["columns"]["reference"]["metrics"]
+    assert reference["type_accuracy"] == reference["side_accuracy"] == reference["duration_adherence"] == 1.0
+    assert isinstance(saved["columns"]["post_trained_8"]["metrics"]["same_snr_db"], float)
+    heldout = synthetic_examples(20, seed=1, split="heldout", with_audio=False)
+    assert [p["text"] for p in saved["prompts"]] == [e["text"] for e in heldout if e["attributes"]["duration"] <= 3][
+        :2
+    ]
+
+
+@pytest.mark.parametrize("bad", [{"waveform": "triangle"}, {"type": "speech"}])
+def test_bad_attributes_raise(bad):
+    attributes = dict(_attributes("tone", "left", "loud", 1, 1, waveform="sine", note="a4"), **bad)
+    with pytest.raises(ValueError, match="waveform|type"):
+        synthesize(attributes, np.random.default_rng(0))
