@@ -13,6 +13,7 @@
 # limitations under the License.
 """The Stable Audio 3 diffusion transformer (DiT), numerically equivalent to the official `DiffusionTransformer`."""
 
+import contextlib
 import math
 import os
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.loaders import PeftAdapterMixin
 from diffusers.models.attention import AttentionMixin, AttentionModuleMixin
 from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.modeling_utils import ModelMixin
@@ -148,23 +150,26 @@ class StableAudio3AttnProcessor:
         rotary_emb: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
         attention_mask: Optional[torch.Tensor] = None,
         value_mask: Optional[torch.Tensor] = None,
+        encoder_key_value: Optional[Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]] = None,
     ) -> torch.Tensor:
         query_diff = key_diff = None
-        if encoder_hidden_states is None:
+        if encoder_hidden_states is None and encoder_key_value is None:
             if attn.differential:
                 query, key, value, query_diff, key_diff = attn.to_qkv(hidden_states).chunk(5, dim=-1)
             else:
                 query, key, value = attn.to_qkv(hidden_states).chunk(3, dim=-1)
+            query, key, value = (t.unflatten(-1, (attn.heads, -1)) for t in (query, key, value))
+            query, key = attn.norm_q(query), attn.norm_k(key)
         else:
+            # Cross-attention: the context keys/values may come precomputed (they do not change across steps).
+            if encoder_key_value is None:
+                encoder_key_value = attn.project_context(encoder_hidden_states)
+            key, value, key_diff = encoder_key_value
             if attn.differential:
                 query, query_diff = attn.to_q(hidden_states).chunk(2, dim=-1)
-                key, key_diff, value = attn.to_kv(encoder_hidden_states).chunk(3, dim=-1)
             else:
                 query = attn.to_q(hidden_states)
-                key, value = attn.to_kv(encoder_hidden_states).chunk(2, dim=-1)
-
-        query, key, value = (t.unflatten(-1, (attn.heads, -1)) for t in (query, key, value))
-        query, key = attn.norm_q(query), attn.norm_k(key)
+            query = attn.norm_q(query.unflatten(-1, (attn.heads, -1)))
         if rotary_emb is not None:
             query, key = _apply_rotary_emb(query, rotary_emb), _apply_rotary_emb(key, rotary_emb)
         if value_mask is not None:
@@ -172,8 +177,10 @@ class StableAudio3AttnProcessor:
 
         hidden_states = self._attend(query, key, value, attention_mask)
         if attn.differential:
-            query_diff, key_diff = (t.unflatten(-1, (attn.heads, -1)) for t in (query_diff, key_diff))
-            query_diff, key_diff = attn.norm_q(query_diff), attn.norm_k(key_diff)
+            query_diff = attn.norm_q(query_diff.unflatten(-1, (attn.heads, -1)))
+            # Self-attention `key_diff` is still flat; the cross-attention one comes normed from `project_context`.
+            if key_diff.ndim == 3:
+                key_diff = attn.norm_k(key_diff.unflatten(-1, (attn.heads, -1)))
             if rotary_emb is not None:
                 query_diff = _apply_rotary_emb(query_diff, rotary_emb)
                 key_diff = _apply_rotary_emb(key_diff, rotary_emb)
@@ -221,6 +228,20 @@ class StableAudio3Attention(nn.Module, AttentionModuleMixin):
         nn.init.zeros_(self.to_out.weight)
         self.set_processor(processor if processor is not None else self._default_processor_cls())
 
+    def project_context(
+        self, encoder_hidden_states: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+        """Cross-attention keys and values of a context, `(key, value, key_diff)` as `(batch, tokens, heads,
+        head_dim)`, keys already RMS-normed (`key_diff` is `None` without differential attention)."""
+        key_diff = None
+        if self.differential:
+            key, key_diff, value = self.to_kv(encoder_hidden_states).chunk(3, dim=-1)
+            key_diff = self.norm_k(key_diff.unflatten(-1, (self.heads, -1)))
+        else:
+            key, value = self.to_kv(encoder_hidden_states).chunk(2, dim=-1)
+        key = self.norm_k(key.unflatten(-1, (self.heads, -1)))
+        return key, value.unflatten(-1, (self.heads, -1)), key_diff
+
     def forward(
         self,
         hidden_states: torch.Tensor,
@@ -228,7 +249,9 @@ class StableAudio3Attention(nn.Module, AttentionModuleMixin):
         rotary_emb: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
         attention_mask: Optional[torch.Tensor] = None,
         value_mask: Optional[torch.Tensor] = None,
+        encoder_key_value: Optional[Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]] = None,
     ) -> torch.Tensor:
+        kwargs = {} if encoder_key_value is None else {"encoder_key_value": encoder_key_value}
         return self.processor(
             self,
             hidden_states,
@@ -236,6 +259,7 @@ class StableAudio3Attention(nn.Module, AttentionModuleMixin):
             rotary_emb=rotary_emb,
             attention_mask=attention_mask,
             value_mask=value_mask,
+            **kwargs,
         )
 
 
@@ -342,6 +366,7 @@ class StableAudio3Block(nn.Module):
         rotary_emb: Tuple[torch.Tensor, torch.Tensor],
         attention_mask: Optional[torch.Tensor] = None,
         value_mask: Optional[torch.Tensor] = None,
+        encoder_key_value: Optional[Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]] = None,
     ) -> torch.Tensor:
         modulation = (self.scale_shift_table + adaln_emb).unsqueeze(1)
         scale_msa, shift_msa, gate_msa, scale_mlp, shift_mlp, gate_mlp = modulation.chunk(6, dim=-1)
@@ -352,10 +377,16 @@ class StableAudio3Block(nn.Module):
         )
         hidden_states = attn_output * torch.sigmoid(1 - gate_msa) + hidden_states
 
-        attn_output = self.attn2(self.norm2(hidden_states), encoder_hidden_states=encoder_hidden_states)
+        attn_output = self.attn2(
+            self.norm2(hidden_states), encoder_hidden_states=encoder_hidden_states, encoder_key_value=encoder_key_value
+        )
         hidden_states = hidden_states + attn_output
 
-        local_emb = self.to_local_embed(local_cond)
+        if local_cond.stride(0) == 0 and local_cond.stride(1) == 0:
+            # A broadcast condition (text-to-audio: all zeros) has one distinct row: embed it once.
+            local_emb = self.to_local_embed(local_cond[:1, :1]).expand(-1, local_cond.shape[1], -1)
+        else:
+            local_emb = self.to_local_embed(local_cond)
         hidden_states = hidden_states + F.pad(local_emb, (0, 0, hidden_states.shape[1] - local_emb.shape[1], 0))
 
         norm_hidden_states = self.norm3(hidden_states) * (1 + scale_mlp) + shift_mlp
@@ -408,7 +439,7 @@ class StableAudio3RotaryEmbedding(nn.Module):
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-class StableAudio3Transformer(ModelMixin, ConfigMixin, AttentionMixin):
+class StableAudio3Transformer(ModelMixin, ConfigMixin, AttentionMixin, PeftAdapterMixin):
     r"""
     The Stable Audio 3 diffusion transformer: predicts the rectified-flow velocity of audio latents, conditioned on the
     timestep, T5Gemma text tokens, the target duration and (for inpainting) a masked reference.
@@ -506,6 +537,8 @@ class StableAudio3Transformer(ModelMixin, ConfigMixin, AttentionMixin):
 
         self.gradient_checkpointing = False
         self.padding_semantics = "varlen"
+        self._context_cache_enabled = False
+        self._context_cache = None
 
     # ------------------------------------------------------------------------------------------------------------------
     # Loading
@@ -804,82 +837,194 @@ class StableAudio3Transformer(ModelMixin, ConfigMixin, AttentionMixin):
         )
         batch_size, _, num_frames = hidden_states.shape
         device, dtype = hidden_states.device, self.proj_in.weight.dtype
-        num_memory_tokens = self.config.num_memory_tokens
 
         # 1. Conditioning: context tokens, timestep + duration global embedding, adaLN modulation.
         if cross_attention_context is None:
             cross_attention_context, global_condition = self.encode_conditioning(
                 encoder_hidden_states, encoder_attention_mask, duration
             )
-        encoder_hidden_states = self.context_embedder(cross_attention_context.to(device=device, dtype=dtype))
+        context_key_values = self._context_key_values(cross_attention_context, device, dtype)
         timestep = torch.as_tensor(timestep, device=device).float().reshape(-1).expand(batch_size)
         # The official DiT casts t to the model dtype before the Fourier features (`dit.py:238`).
         timestep_emb = self.timestep_embedder(self.time_proj(timestep.to(dtype)))
         global_emb = self.global_embedder(global_condition.to(device=device, dtype=dtype)) + timestep_emb
         adaln_emb = self.adaln_embedder(global_emb)
 
-        # 2. Local (inpainting) conditioning `[mask | masked reference]`; zeros for text-to-audio, as official.
-        if inpaint_mask is None:
-            local_cond = hidden_states.new_zeros(batch_size, num_frames, self.config.in_channels + 1, dtype=dtype)
+        # 2. Local (inpainting) conditioning `[mask | masked reference]`; zeros for text-to-audio, as official (a
+        # broadcast zero tensor: every block embeds its one distinct row once; an all-zero conditioning is the same).
+        if inpaint_mask is None or not (bool(inpaint_mask.any()) or bool(inpaint_latents.any())):
+            local_cond = hidden_states.new_zeros((1, 1, self.config.in_channels + 1), dtype=dtype)
+            local_cond = local_cond.expand(batch_size, num_frames, -1)
         else:
             local_cond = torch.cat([inpaint_mask.to(dtype), inpaint_latents.to(dtype)], dim=1).transpose(1, 2)
 
-        # 3. Input projection and memory tokens (RoPE positions 0..num_memory_tokens-1).
+        # 3. Padding: an all-valid mask is dropped. With true variable-length semantics and no flash-attn, samples are
+        # packed: each group of samples with the same number of leading valid frames runs on those frames alone, so
+        # the cost follows the valid lengths (not batch x longest) and a sample gives what it gives alone.
         hidden_states = hidden_states.to(dtype)
-        hidden_states = self.preprocess_conv(hidden_states) + hidden_states
-        hidden_states = self.proj_in(hidden_states.transpose(1, 2))
-        memory_tokens = self.memory_tokens.unsqueeze(0).expand(batch_size, -1, -1)
-        hidden_states = torch.cat([memory_tokens, hidden_states], dim=1)
-        rotary_emb = self.rotary_pos_emb(hidden_states.shape[1], device)
-
-        # 4. Padding: memory tokens are always valid; an all-valid mask is dropped.
         frame_mask = None
-        self_attention_mask = value_mask = None
         if attention_mask is not None:
             frame_mask = attention_mask.to(device=device, dtype=torch.bool)
             if bool(frame_mask.all()):
                 frame_mask = None
-            else:
-                sequence_mask = F.pad(frame_mask, (num_memory_tokens, 0), value=True)
-                if self.padding_semantics == "varlen":
-                    self_attention_mask = sequence_mask
-                else:
-                    value_mask = sequence_mask
+        if (
+            frame_mask is not None
+            and self.padding_semantics == "varlen"
+            and not self._uses_flash_varlen(hidden_states)
+        ):
+            valid_lengths = frame_mask.sum(dim=1)
+            positions = torch.arange(num_frames, device=device)
+            if bool((frame_mask == (positions[None] < valid_lengths[:, None])).all()):
+                output = hidden_states.new_zeros(hidden_states.shape)
+                lengths = valid_lengths.tolist()
+                for length in sorted(set(lengths)):
+                    index = [i for i, value in enumerate(lengths) if value == length]
+                    if length == 0:
+                        continue
+                    rows = torch.tensor(index, device=device)
+                    group_key_values = [tuple(None if t is None else t[rows] for t in kv) for kv in context_key_values]
+                    output[rows, :, :length] = self._run_blocks(
+                        hidden_states[rows, :, :length], adaln_emb[rows], local_cond[rows, :length], group_key_values
+                    )
+                if not return_dict:
+                    return (output,)
+                return StableAudio3TransformerOutput(sample=output)
 
-        # 5. Transformer blocks.
-        for block in self.transformer_blocks:
-            if torch.is_grad_enabled() and self.gradient_checkpointing:
-                hidden_states = self._gradient_checkpointing_func(
-                    block,
-                    hidden_states,
-                    encoder_hidden_states,
-                    adaln_emb,
-                    local_cond,
-                    rotary_emb,
-                    self_attention_mask,
-                    value_mask,
-                )
-            else:
-                hidden_states = block(
-                    hidden_states,
-                    encoder_hidden_states=encoder_hidden_states,
-                    adaln_emb=adaln_emb,
-                    local_cond=local_cond,
-                    rotary_emb=rotary_emb,
-                    attention_mask=self_attention_mask,
-                    value_mask=value_mask,
-                )
-
-        # 6. Output: drop the memory tokens, project (no final norm), residual 1x1 conv.
-        hidden_states = self.proj_out(hidden_states[:, num_memory_tokens:])
-        hidden_states = hidden_states.transpose(1, 2)
-        output = self.postprocess_conv(hidden_states) + hidden_states
+        output = self._run_blocks(hidden_states, adaln_emb, local_cond, context_key_values, frame_mask)
         if frame_mask is not None and self.padding_semantics == "varlen":
             output = output.masked_fill(~frame_mask[:, None, :], 0.0)
 
         if not return_dict:
             return (output,)
         return StableAudio3TransformerOutput(sample=output)
+
+    def _uses_flash_varlen(self, hidden_states: torch.Tensor) -> bool:
+        processor = self.transformer_blocks[0].attn1.processor if len(self.transformer_blocks) else None
+        return (
+            flash_attn_varlen_func is not None
+            and getattr(processor, "_attention_backend", None) is None
+            and hidden_states.is_cuda
+            and hidden_states.dtype in (torch.float16, torch.bfloat16)
+        )
+
+    def _run_blocks(
+        self,
+        hidden_states: torch.Tensor,
+        adaln_emb: torch.Tensor,
+        local_cond: torch.Tensor,
+        context_key_values: List[Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]],
+        frame_mask: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """Input projection, memory tokens, the blocks and the output projection (padded frames are not zeroed)."""
+        batch_size = hidden_states.shape[0]
+        num_memory_tokens = self.config.num_memory_tokens
+
+        # Input projection and memory tokens (RoPE positions 0..num_memory_tokens-1).
+        hidden_states = self.preprocess_conv(hidden_states) + hidden_states
+        hidden_states = self.proj_in(hidden_states.transpose(1, 2))
+        memory_tokens = self.memory_tokens.unsqueeze(0).expand(batch_size, -1, -1)
+        hidden_states = torch.cat([memory_tokens, hidden_states], dim=1)
+        rotary_emb = self.rotary_pos_emb(hidden_states.shape[1], hidden_states.device)
+
+        # Padding: memory tokens are always valid.
+        self_attention_mask = value_mask = None
+        if frame_mask is not None:
+            sequence_mask = F.pad(frame_mask, (num_memory_tokens, 0), value=True)
+            if self.padding_semantics == "varlen":
+                self_attention_mask = sequence_mask
+            else:
+                value_mask = sequence_mask
+
+        for block, key_value in zip(self.transformer_blocks, context_key_values):
+            if torch.is_grad_enabled() and self.gradient_checkpointing:
+                hidden_states = self._gradient_checkpointing_func(
+                    block,
+                    hidden_states,
+                    None,
+                    adaln_emb,
+                    local_cond,
+                    rotary_emb,
+                    self_attention_mask,
+                    value_mask,
+                    key_value,
+                )
+            else:
+                hidden_states = block(
+                    hidden_states,
+                    encoder_hidden_states=None,
+                    adaln_emb=adaln_emb,
+                    local_cond=local_cond,
+                    rotary_emb=rotary_emb,
+                    attention_mask=self_attention_mask,
+                    value_mask=value_mask,
+                    encoder_key_value=key_value,
+                )
+
+        # Output: drop the memory tokens, project (no final norm), residual 1x1 conv.
+        hidden_states = self.proj_out(hidden_states[:, num_memory_tokens:])
+        hidden_states = hidden_states.transpose(1, 2)
+        return self.postprocess_conv(hidden_states) + hidden_states
+
+    # ------------------------------------------------------------------------------------------------------------------
+    # Context cache
+    # ------------------------------------------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def cache_context(self):
+        """
+        Context manager that caches the cross-attention keys and values of the text context across calls: the
+        sampling loop calls the model with the same `cross_attention_context` tensor at every step, and its keys and
+        values (the context embedder plus every block's `to_kv`) never change. A cache entry is used only when the
+        context is equal (`torch.equal` against a stored copy; a cheap check on a `(batch, tokens, width)` tensor) and
+        the device, dtype and in-place versions of the weights involved are unchanged; it is only used without
+        autograd and is dropped when the context manager exits. Outputs are identical to uncached.
+
+        ```py
+        with transformer.cache_context():
+            for t in timesteps:
+                velocity = transformer(latents, t, cross_attention_context=context, global_condition=g).sample
+        ```
+        """
+        previous = self._context_cache_enabled
+        self._context_cache_enabled = True
+        try:
+            yield
+        finally:
+            self._context_cache_enabled = previous
+            if not previous:
+                self._context_cache = None
+
+    def _context_weights_version(self) -> Optional[Tuple[int, ...]]:
+        params = list(self.context_embedder.parameters())
+        params += [block.attn2.to_kv.weight for block in self.transformer_blocks]
+        if any(p.is_inference() for p in params):
+            return None  # weights created under `torch.inference_mode` track no versions: do not cache
+        return tuple(p._version for p in params)
+
+    def _context_key_values(
+        self, cross_attention_context: torch.Tensor, device: torch.device, dtype: torch.dtype
+    ) -> List[Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]]:
+        """Per block `(key, value, key_diff)` of the cross-attention context (cached inside `cache_context`)."""
+        use_cache = getattr(self, "_context_cache_enabled", False) and not torch.is_grad_enabled()
+        key = None
+        if use_cache:
+            key = (device, dtype, self._context_weights_version())
+            use_cache = key[2] is not None
+        if use_cache:
+            cached = getattr(self, "_context_cache", None)
+            if (
+                cached is not None
+                and cached[1] == key
+                and cached[0].shape == cross_attention_context.shape
+                and cached[0].dtype == cross_attention_context.dtype
+                and torch.equal(cached[0], cross_attention_context.to(cached[0].device))
+            ):
+                return cached[2]
+        encoder_hidden_states = self.context_embedder(cross_attention_context.to(device=device, dtype=dtype))
+        key_values = [block.attn2.project_context(encoder_hidden_states) for block in self.transformer_blocks]
+        if use_cache:
+            self._context_cache = (cross_attention_context.clone(), key, key_values)
+        return key_values
 
 
 def _describe(value) -> str:

@@ -12,6 +12,7 @@ from diffusers.utils import logging
 from diffusers.utils.torch_utils import randn_tensor
 from transformers import PreTrainedTokenizerBase, T5GemmaEncoderModel
 
+from ..loaders.lora import StableAudio3LoraLoaderMixin
 from ..models.autoencoder_same import SAMEAutoencoderModel
 from ..models.transformer_stable_audio3 import StableAudio3Transformer
 from ..schedulers.scheduling_flow_match_ot import FlowMatchOTScheduler
@@ -33,7 +34,7 @@ logger = logging.get_logger(__name__)
 OUTPUT_TYPES = ("np", "pt", "latent")
 
 
-class StableAudio3InpaintPipeline(DiffusionPipeline):
+class StableAudio3InpaintPipeline(DiffusionPipeline, StableAudio3LoraLoaderMixin):
     r"""
     Audio editing with Stable Audio 3: regenerate regions of a clip (inpainting), extend a clip to a longer duration
     (continuation), or make a variation of a clip (audio-to-audio, `init_audio` + `init_noise_level`).
@@ -234,7 +235,8 @@ class StableAudio3InpaintPipeline(DiffusionPipeline):
 
         timesteps = self.scheduler.timesteps
         self._num_timesteps = len(timesteps)
-        with self.progress_bar(total=len(timesteps)) as progress_bar:
+        # The text context is the same tensor at every step: its cross-attention keys/values are computed once.
+        with self.progress_bar(total=len(timesteps)) as progress_bar, self.transformer.cache_context():
             for i, t in enumerate(timesteps):
                 t_batch = t.expand(batch_size).to(latents.dtype)
                 model_input = torch.cat([latents, latents]) if do_cfg else latents
