@@ -1,0 +1,333 @@
+"""Builders of the tiny Stable Audio 3 model trained on the synthetic sound set (`pipelines/sa3-tiny/`).
+
+No pretrained T5Gemma is available offline, so the tiny model gets its own frozen, randomly initialised T5Gemma encoder
+and a word-level tokenizer over the caption words of [`~diffusers_sa3.training.synthetic_sounds`]. The autoencoder is a
+SAME-S style model (chunked attention) and the transformer a small non-differential DiT; both are trained by the
+scripts of `training_examples/` (see `training_examples/make_tiny_model.sh` for the whole recipe).
+"""
+
+import math
+from typing import Iterable, Optional
+
+import torch
+
+from ..models.autoencoder_same import SAMEAutoencoderModel
+from ..models.transformer_stable_audio3 import StableAudio3Transformer
+from ..pipelines.pipeline_stable_audio3 import StableAudio3Pipeline
+from ..schedulers.scheduling_flow_match_ot import FlowMatchOTScheduler
+from ..schedulers.scheduling_pingpong_adversarial import PingPongAdversarialScheduler
+
+
+PAD_TOKEN, EOS_TOKEN, BOS_TOKEN, UNK_TOKEN = "<pad>", "<eos>", "<bos>", "<unk>"
+SPECIAL_TOKENS = (PAD_TOKEN, EOS_TOKEN, BOS_TOKEN, UNK_TOKEN)  # ids 0, 1, 2, 3, as the T5Gemma tokenizer
+
+
+def build_word_tokenizer(vocabulary: Iterable[str], model_max_length: int = 64):
+    r"""
+    A word-level fast tokenizer over `vocabulary` (e.g. [`caption_vocabulary`] of the synthetic captions).
+
+    Text is lower-cased and split on whitespace (and punctuation); each word maps to one id, unknown words to `<unk>`.
+    Ids 0-3 are `<pad>`, `<eos>`, `<bos>`, `<unk>` (the T5Gemma convention); every sequence is wrapped as
+    `<bos> ... <eos>` and padded on the right.
+
+    Args:
+        vocabulary (`Iterable[str]`): The words. Duplicates and special tokens are ignored; the order of first
+            occurrence (after lower-casing) sets the ids.
+        model_max_length (`int`, defaults to 64): The tokenizer's `model_max_length`.
+
+    Returns:
+        [`~transformers.PreTrainedTokenizerFast`], which round-trips through `save_pretrained` and
+        `AutoTokenizer.from_pretrained`.
+    """
+    from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
+    from tokenizers.models import WordLevel
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {token: index for index, token in enumerate(SPECIAL_TOKENS)}
+    for word in vocabulary:
+        if not isinstance(word, str) or not word.strip() or len(word.split()) != 1:
+            raise ValueError(
+                f"`vocabulary` must hold single words without whitespace, got {word!r}; pass the caption words, e.g. "
+                "`caption_vocabulary(dataset_dir)`."
+            )
+        word = word.lower()
+        if word not in vocab:
+            vocab[word] = len(vocab)
+    if len(vocab) == len(SPECIAL_TOKENS):
+        raise ValueError("`vocabulary` is empty; pass the caption words, e.g. `caption_vocabulary(dataset_dir)`.")
+
+    tokenizer = Tokenizer(WordLevel(vocab=vocab, unk_token=UNK_TOKEN))
+    tokenizer.normalizer = normalizers.Lowercase()
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{BOS_TOKEN} $A {EOS_TOKEN}",
+        pair=f"{BOS_TOKEN} $A {EOS_TOKEN} $B {EOS_TOKEN}",
+        special_tokens=[(BOS_TOKEN, vocab[BOS_TOKEN]), (EOS_TOKEN, vocab[EOS_TOKEN])],
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        bos_token=BOS_TOKEN,
+        eos_token=EOS_TOKEN,
+        pad_token=PAD_TOKEN,
+        unk_token=UNK_TOKEN,
+        padding_side="right",
+        truncation_side="right",
+        model_max_length=model_max_length,
+    )
+
+
+def build_tiny_text_encoder(
+    vocab_size: int,
+    hidden_size: int = 64,
+    num_hidden_layers: int = 2,
+    num_attention_heads: int = 2,
+    head_dim: int = 32,
+    intermediate_size: int = 128,
+    seed: int = 0,
+    dtype: torch.dtype = torch.bfloat16,
+):
+    r"""
+    A tiny, randomly initialised (seeded) and frozen T5Gemma encoder with the layout of the released one (alternating
+    sliding / full attention, one key-value head, tied embeddings), stored in `dtype` (bf16, as the released encoder).
+
+    Args:
+        vocab_size (`int`): Size of the tokenizer's vocabulary (`len(tokenizer)`).
+        hidden_size (`int`, defaults to 64): Width of the encoder states, the transformer's `cross_attention_dim`.
+        num_hidden_layers (`int`, defaults to 2): Encoder layers.
+        num_attention_heads (`int`, defaults to 2): Query heads.
+        head_dim (`int`, defaults to 32): Width of each head.
+        intermediate_size (`int`, defaults to 128): Feed-forward width.
+        seed (`int`, defaults to 0): Seed of the random initialisation.
+        dtype (`torch.dtype`, defaults to `torch.bfloat16`): Weights dtype.
+
+    Returns:
+        [`~transformers.T5GemmaEncoderModel`] in eval mode without gradients.
+    """
+    from transformers import T5GemmaConfig, T5GemmaEncoderModel, T5GemmaModuleConfig
+
+    if vocab_size <= len(SPECIAL_TOKENS):
+        raise ValueError(f"`vocab_size` must exceed the {len(SPECIAL_TOKENS)} special tokens, got {vocab_size}.")
+    module = {
+        "vocab_size": vocab_size,
+        "hidden_size": hidden_size,
+        "intermediate_size": intermediate_size,
+        "num_hidden_layers": num_hidden_layers,
+        "num_attention_heads": num_attention_heads,
+        "num_key_value_heads": 1,
+        "head_dim": head_dim,
+        "query_pre_attn_scalar": head_dim,
+        "layer_types": ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(num_hidden_layers)],
+        "sliding_window": 4096,
+        "max_position_embeddings": 8192,
+        "hidden_activation": "gelu_pytorch_tanh",
+        "pad_token_id": 0,
+        "eos_token_id": 1,
+        "bos_token_id": 2,
+        "dropout_rate": 0.0,
+        "attention_dropout": 0.0,
+    }
+    decoder = dict(
+        module, num_hidden_layers=1, layer_types=["sliding_attention"], cross_attention_hidden_size=hidden_size
+    )
+    config = T5GemmaConfig(
+        encoder=T5GemmaModuleConfig(**module),
+        decoder=T5GemmaModuleConfig(**decoder),
+        vocab_size=vocab_size,
+        is_encoder_decoder=False,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=2,
+        dropout_rate=0.0,
+        attention_dropout=0.0,
+        tie_word_embeddings=True,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        text_encoder = T5GemmaEncoderModel(config)
+    return text_encoder.to(dtype).eval().requires_grad_(False)
+
+
+def build_tiny_same(
+    latent_channels: int = 32,
+    num_attention_heads: int = 2,
+    attention_head_dim: int = 32,
+    num_layers: int = 2,
+    seed: int = 0,
+) -> SAMEAutoencoderModel:
+    r"""
+    A tiny SAME-S style autoencoder (chunked attention of 32 latent frames, midpoint shift, conv mapping in the
+    decoder), 4096x downsampling like the released ones, randomly initialised from `seed`.
+
+    Args:
+        latent_channels (`int`, defaults to 32): Latent channels, the transformer's `in_channels`.
+        num_attention_heads (`int`, defaults to 2): Heads of the encoder and decoder transformers.
+        attention_head_dim (`int`, defaults to 32): Width of each head (the model width is heads x head dim).
+        num_layers (`int`, defaults to 2): Transformer layers of the encoder and of the decoder.
+        seed (`int`, defaults to 0): Seed of the random initialisation.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return SAMEAutoencoderModel(
+            latent_channels=latent_channels,
+            num_attention_heads=num_attention_heads,
+            attention_head_dim=attention_head_dim,
+            num_encoder_layers=num_layers,
+            num_decoder_layers=num_layers,
+            sliding_window=None,
+            attention_chunk_size=32,
+            chunk_midpoint_shift=True,
+            decoder_sinusoidal_blocks=0,
+            decoder_kernel_size=3,
+        )
+
+
+def build_tiny_transformer(
+    in_channels: int = 32,
+    cross_attention_dim: int = 64,
+    num_layers: int = 6,
+    num_attention_heads: int = 2,
+    attention_head_dim: int = 64,
+    mlp_ratio: float = 4.0,
+    num_memory_tokens: int = 16,
+    seed: int = 0,
+) -> StableAudio3Transformer:
+    r"""
+    A tiny non-differential Stable Audio 3 DiT, randomly initialised from `seed`.
+
+    Args:
+        in_channels (`int`, defaults to 32): Latent channels of the autoencoder.
+        cross_attention_dim (`int`, defaults to 64): Width of the text encoder states.
+        num_layers (`int`, defaults to 6): Transformer blocks.
+        num_attention_heads (`int`, defaults to 2): Heads (the width is heads x head dim, 128 by default).
+        attention_head_dim (`int`, defaults to 64): Width of each head.
+        mlp_ratio (`float`, defaults to 4.0): Feed-forward width over model width.
+        num_memory_tokens (`int`, defaults to 16): Learned memory tokens prepended to the latent sequence.
+        seed (`int`, defaults to 0): Seed of the random initialisation.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return StableAudio3Transformer(
+            in_channels=in_channels,
+            num_layers=num_layers,
+            num_attention_heads=num_attention_heads,
+            attention_head_dim=attention_head_dim,
+            cross_attention_dim=cross_attention_dim,
+            mlp_ratio=mlp_ratio,
+            num_memory_tokens=num_memory_tokens,
+            use_differential_attention=False,
+        )
+
+
+def max_sample_size_for(
+    max_seconds: float, headroom_seconds: float = 6.0, sampling_rate: int = 44100, alignment: int = 8192
+) -> int:
+    """Samples of `max_seconds` plus the pipeline's `headroom_seconds`, rounded up to a multiple of `alignment`."""
+    if max_seconds <= 0:
+        raise ValueError(f"`max_seconds` must be positive, got {max_seconds}.")
+    return math.ceil((max_seconds + headroom_seconds) * sampling_rate / alignment) * alignment
+
+
+def assemble_pipeline(
+    vae: SAMEAutoencoderModel,
+    transformer: StableAudio3Transformer,
+    text_encoder,
+    tokenizer,
+    post_trained: bool = False,
+    max_text_length: int = 32,
+    max_seconds: float = 12.0,
+    headroom_seconds: float = 6.0,
+    scheduler: Optional[object] = None,
+) -> StableAudio3Pipeline:
+    r"""
+    A [`StableAudio3Pipeline`] of the tiny components.
+
+    Args:
+        vae, transformer, text_encoder, tokenizer: The components.
+        post_trained (`bool`, defaults to `False`): `True` gives the ping-pong scheduler of post-trained
+            (`rf_denoiser`) checkpoints, `False` the Euler flow-matching one of base checkpoints.
+        max_text_length (`int`, defaults to 32): Prompt tokens (padded and truncated), `<bos>` and `<eos>` included.
+        max_seconds (`float`, defaults to 12.0): Longest duration the pipeline generates (sets `max_sample_size`).
+        headroom_seconds (`float`, defaults to 6.0): Generation headroom after the requested duration.
+        scheduler (*optional*): Overrides the scheduler chosen by `post_trained`.
+    """
+    text_width = text_encoder.config.encoder.hidden_size
+    if text_width != transformer.config.cross_attention_dim:
+        raise ValueError(
+            f"`text_encoder` states are {text_width} wide but `transformer` expects "
+            f"`cross_attention_dim` {transformer.config.cross_attention_dim}; build them with the same width."
+        )
+    if vae.config.latent_channels != transformer.config.in_channels:
+        raise ValueError(
+            f"`vae` has {vae.config.latent_channels} latent channels but `transformer` expects `in_channels` "
+            f"{transformer.config.in_channels}; build them with the same latent width."
+        )
+    if scheduler is None:
+        scheduler = PingPongAdversarialScheduler() if post_trained else FlowMatchOTScheduler()
+    return StableAudio3Pipeline(
+        vae=vae,
+        transformer=transformer,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        scheduler=scheduler,
+        max_text_length=max_text_length,
+        max_sample_size=max_sample_size_for(max_seconds, headroom_seconds, vae.config.sampling_rate),
+        headroom_seconds=headroom_seconds,
+    )
+
+
+def build_initial_pipeline(
+    train_data_dir: str,
+    text_width: int = 64,
+    latent_channels: int = 32,
+    same_heads: int = 2,
+    same_layers: int = 2,
+    dit_layers: int = 6,
+    dit_heads: int = 2,
+    max_text_length: int = 32,
+    seed: int = 0,
+) -> StableAudio3Pipeline:
+    """The untrained tiny base pipeline: tokenizer over the caption words of `train_data_dir`, tiny models."""
+    from .synthetic_sounds import caption_vocabulary
+
+    tokenizer = build_word_tokenizer(caption_vocabulary(train_data_dir))
+    text_encoder = build_tiny_text_encoder(len(tokenizer), hidden_size=text_width, seed=seed)
+    vae = build_tiny_same(latent_channels, num_attention_heads=same_heads, num_layers=same_layers, seed=seed)
+    transformer = build_tiny_transformer(
+        latent_channels, text_width, num_layers=dit_layers, num_attention_heads=dit_heads, seed=seed
+    )
+    return assemble_pipeline(vae, transformer, text_encoder, tokenizer, max_text_length=max_text_length)
+
+
+def main(input_args=None):
+    """CLI of `make_tiny_model.sh`: `init` writes the untrained pipeline, `swap-vae` puts a trained SAME into one."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Build the tiny Stable Audio 3 pipeline folders.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    init = commands.add_parser("init", help="Untrained pipeline from a synthetic train set's captions.")
+    init.add_argument("--dit_heads", type=int, default=2)
+    init.add_argument("--dit_layers", type=int, default=6)
+    init.add_argument("--latent_channels", type=int, default=32)
+    init.add_argument("--max_text_length", type=int, default=32)
+    init.add_argument("--output_dir", required=True)
+    init.add_argument("--same_heads", type=int, default=2)
+    init.add_argument("--same_layers", type=int, default=2)
+    init.add_argument("--seed", type=int, default=0)
+    init.add_argument("--text_width", type=int, default=64)
+    init.add_argument("--train_data_dir", required=True)
+    swap = commands.add_parser("swap-vae", help="Copy of a pipeline with the SAME of another folder.")
+    swap.add_argument("--output_dir", required=True)
+    swap.add_argument("--pipeline", required=True)
+    swap.add_argument("--vae", required=True)
+    args = parser.parse_args(input_args)
+    if args.command == "init":
+        options = {key: value for key, value in vars(args).items() if key not in ("command", "output_dir")}
+        build_initial_pipeline(**options).save_pretrained(args.output_dir)
+    else:
+        pipe = StableAudio3Pipeline.from_pretrained(args.pipeline)
+        pipe.register_modules(vae=SAMEAutoencoderModel.from_pretrained(args.vae))
+        pipe.save_pretrained(args.output_dir)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,153 @@
+"""Tests of the tiny-model builders (`diffusers_sa3.training.tiny_components`)."""
+
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from diffusers_sa3 import FlowMatchOTScheduler, PingPongAdversarialScheduler, StableAudio3Pipeline
+from diffusers_sa3.training.synthetic_sounds import caption_vocabulary, synthetic_examples
+from diffusers_sa3.training.tiny_components import (
+    assemble_pipeline,
+    build_tiny_same,
+    build_tiny_text_encoder,
+    build_tiny_transformer,
+    build_word_tokenizer,
+    max_sample_size_for,
+)
+
+
+@pytest.fixture(scope="module")
+def captions():
+    # The recipe's vocabulary: the words of a 2000-clip train set (which covers every word of the grammar).
+    train = [e["text"] for e in synthetic_examples(2000, seed=0, with_audio=False)]
+    heldout = [e["text"] for e in synthetic_examples(300, seed=1, split="heldout", with_audio=False)]
+    return train, heldout
+
+
+@pytest.fixture(scope="module")
+def tokenizer(captions):
+    return build_word_tokenizer(caption_vocabulary(captions[0]))
+
+
+def test_word_tokenizer_encodes_captions(captions, tokenizer):
+    train, heldout = captions
+    vocabulary = caption_vocabulary(train)
+    assert len(tokenizer) == len(vocabulary) + 4
+    assert [tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.bos_token_id, tokenizer.unk_token_id] == [
+        0,
+        1,
+        2,
+        3,
+    ]
+    for text in train + heldout:
+        ids = tokenizer(text).input_ids
+        assert ids[0] == 2 and ids[-1] == 1
+        assert tokenizer.unk_token_id not in ids, text
+        assert len(ids) == len(text.split()) + 2
+        assert tokenizer.decode(ids, skip_special_tokens=True) == text
+    # Lower-cased; unknown words map to <unk>.
+    assert tokenizer("LOUD Zebra").input_ids == [2, tokenizer.convert_tokens_to_ids("loud"), 3, 1]
+    batch = tokenizer([train[0], "loud"], padding="max_length", max_length=32, truncation=True, return_tensors="pt")
+    assert batch.input_ids.shape == (2, 32)
+    assert batch.input_ids[1, :3].tolist() == [2, tokenizer.convert_tokens_to_ids("loud"), 1]
+    assert batch.input_ids[1, 3:].eq(0).all() and batch.attention_mask[1].sum() == 3
+
+
+def test_word_tokenizer_round_trips(tmp_path, captions, tokenizer):
+    tokenizer.save_pretrained(tmp_path)
+    reloaded = AutoTokenizer.from_pretrained(tmp_path, local_files_only=True)
+    for text in captions[1][:20] + ["LOUD Zebra"]:
+        assert reloaded(text).input_ids == tokenizer(text).input_ids
+    assert reloaded.padding_side == "right" and reloaded.pad_token_id == 0
+
+
+def test_word_tokenizer_rejects_bad_vocabulary():
+    with pytest.raises(ValueError, match="`vocabulary`"):
+        build_word_tokenizer(["two words"])
+    with pytest.raises(ValueError, match="`vocabulary`"):
+        build_word_tokenizer([])
+
+
+def test_text_encoder_is_seeded_frozen_bf16(tokenizer):
+    first = build_tiny_text_encoder(len(tokenizer), seed=3)
+    second = build_tiny_text_encoder(len(tokenizer), seed=3)
+    other = build_tiny_text_encoder(len(tokenizer), seed=4)
+    assert first.dtype == torch.bfloat16 and not first.training
+    assert not any(p.requires_grad for p in first.parameters())
+    a, b, c = (dict(m.named_parameters()) for m in (first, second, other))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+    batch = tokenizer(["a loud sine wave", "noise"], padding="max_length", max_length=16, return_tensors="pt")
+    states = first(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
+    assert states.shape == (2, 16, 64) and torch.isfinite(states.float()).all()
+
+
+def test_assemble_rejects_mismatched_widths(tokenizer):
+    with pytest.raises(ValueError, match="`cross_attention_dim`"):
+        assemble_pipeline(
+            build_tiny_same(),
+            build_tiny_transformer(cross_attention_dim=32, num_layers=1),
+            build_tiny_text_encoder(len(tokenizer)),
+            tokenizer,
+        )
+    with pytest.raises(ValueError, match="`in_channels`"):
+        assemble_pipeline(
+            build_tiny_same(latent_channels=16),
+            build_tiny_transformer(num_layers=1),
+            build_tiny_text_encoder(len(tokenizer)),
+            tokenizer,
+        )
+
+
+@pytest.mark.parametrize("post_trained", [False, True])
+def test_pipeline_saves_reloads_and_generates(tmp_path, tokenizer, post_trained):
+    pipe = assemble_pipeline(
+        build_tiny_same(num_layers=1),
+        build_tiny_transformer(num_layers=2),
+        build_tiny_text_encoder(len(tokenizer)),
+        tokenizer,
+        post_trained=post_trained,
+    )
+    assert pipe.config.max_sample_size == max_sample_size_for(12.0) and pipe.max_duration >= 18.0
+    pipe.save_pretrained(tmp_path)
+    reloaded = StableAudio3Pipeline.from_pretrained(tmp_path)
+    assert isinstance(reloaded.scheduler, PingPongAdversarialScheduler if post_trained else FlowMatchOTScheduler)
+    assert reloaded.is_post_trained == post_trained
+    assert reloaded.text_encoder.dtype == torch.bfloat16
+    assert reloaded.config.max_text_length == 32
+    for name in ("vae", "transformer", "text_encoder"):
+        original, loaded = getattr(pipe, name).state_dict(), getattr(reloaded, name).state_dict()
+        assert original.keys() == loaded.keys()
+        assert all(torch.equal(original[k], loaded[k]) for k in original), name
+    prompt = "a loud sine wave at a4 panned left"
+    assert reloaded.tokenizer(prompt).input_ids == tokenizer(prompt).input_ids
+    output = reloaded(
+        [prompt, "quiet white noise on the right"],
+        duration=[1.5, 3.0],
+        num_inference_steps=2,
+        generator=torch.Generator().manual_seed(0),
+        output_type="pt",
+    )
+    audios = output.audios
+    assert [tuple(a.shape) for a in audios] == [(2, int(1.5 * 44100)), (2, 3 * 44100)]
+    assert all(torch.isfinite(a).all() for a in audios)
+
+
+def test_cli_init_and_swap_vae(tmp_path):
+    from diffusers_sa3.training.synthetic_sounds import write_synthetic_dataset
+    from diffusers_sa3.training.tiny_components import main
+
+    rows = write_synthetic_dataset(str(tmp_path / "data"), 3, subtype="PCM_16")
+    main(["init", "--train_data_dir", str(tmp_path / "data"), "--output_dir", str(tmp_path / "init"),
+          "--dit_layers", "1", "--same_layers", "1", "--seed", "1"])  # fmt: skip
+    pipe = StableAudio3Pipeline.from_pretrained(tmp_path / "init")
+    assert pipe.transformer.config.num_layers == 1 and not pipe.is_post_trained
+    assert len(pipe.tokenizer) == len(caption_vocabulary([r["text"] for r in rows])) + 4
+    other = build_tiny_same(num_layers=1, seed=7)
+    other.save_pretrained(tmp_path / "vae")
+    main(["swap-vae", "--pipeline", str(tmp_path / "init"), "--vae", str(tmp_path / "vae"),
+          "--output_dir", str(tmp_path / "swapped")])  # fmt: skip
+    swapped = StableAudio3Pipeline.from_pretrained(tmp_path / "swapped")
+    expected = other.state_dict()
+    assert all(torch.equal(v, expected[k]) for k, v in swapped.vae.state_dict().items())
+    assert all(torch.equal(v, pipe.transformer.state_dict()[k]) for k, v in swapped.transformer.state_dict().items())

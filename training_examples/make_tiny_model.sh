@@ -1,0 +1,195 @@
+#!/usr/bin/env bash
+# The full recipe of the tiny Stable Audio 3 model shipped in `pipelines/sa3-tiny/` (issue 7).
+#
+#   1. synthetic train set (NUM_TRAIN clips) and held-out set (NUM_HELDOUT clips);
+#   2. word tokenizer over the caption words + tiny frozen random T5Gemma encoder + tiny SAME + tiny DiT -> `init/`;
+#   3. train_autoencoder.py (full) -> `same/`; the pipeline rebuilt with the trained SAME -> `init_trained_same/`;
+#   4. pre_encode.py (latents + text states) -> `latents/`;
+#   5. train_flow.py (full, base) -> `base/`;
+#   6. train_distill.py -> `distilled/`;  7. train_adversarial.py (CLAP weight 0: no tiny CLAP exists) -> `post/`;
+#   8. evaluate.py -> `eval.json`;  9. model cards (`base/README.md`, `post/README.md`) and, with SHIP_DIR set and the
+#      evaluation meeting the type-accuracy and stereo-side targets, a copy into SHIP_DIR (`SHIP_DIR/` = post-trained,
+#      `SHIP_DIR/base/` = base).
+#
+# Every stage records its command and wall time in RUN_DIR/stages.tsv and is skipped when RUN_DIR/<stage>.done exists;
+# training stages pass `--resume_from_checkpoint latest`, so re-running the script resumes an interrupted run.
+#
+# Smoke run (minutes on CPU):
+#   RUN_DIR=/work/tiny_run/smoke NUM_TRAIN=16 NUM_HELDOUT=4 AE_STEPS=2 FLOW_STEPS=2 DISTILL_STEPS=2 ADV_STEPS=2 \
+#       EVAL_PROMPTS=2 EVAL_BASE_STEPS=2 bash training_examples/make_tiny_model.sh
+# Real run:
+#   RUN_DIR=/work/tiny_run/real SHIP_DIR=pipelines/sa3-tiny bash training_examples/make_tiny_model.sh
+set -euo pipefail
+
+# ----------------------------------------------------------------------------------------------- settings
+RUN_DIR=${RUN_DIR:-/work/tiny_run/real}
+SHIP_DIR=${SHIP_DIR:-}                        # empty: never copy into the repo
+SEED=${SEED:-0}
+NUM_TRAIN=${NUM_TRAIN:-2000}
+NUM_HELDOUT=${NUM_HELDOUT:-200}
+# Model sizes (see diffusers_sa3.training.tiny_components).
+TEXT_WIDTH=${TEXT_WIDTH:-64}
+LATENT_CHANNELS=${LATENT_CHANNELS:-32}
+SAME_HEADS=${SAME_HEADS:-2}
+SAME_LAYERS=${SAME_LAYERS:-2}
+DIT_LAYERS=${DIT_LAYERS:-6}
+DIT_HEADS=${DIT_HEADS:-2}
+MAX_TEXT_LENGTH=${MAX_TEXT_LENGTH:-32}
+# Step counts and batch sizes.
+AE_STEPS=${AE_STEPS:-20000}
+AE_BATCH=${AE_BATCH:-8}
+AE_ADV_START=${AE_ADV_START:-5000}
+FLOW_STEPS=${FLOW_STEPS:-30000}
+FLOW_BATCH=${FLOW_BATCH:-16}
+DISTILL_STEPS=${DISTILL_STEPS:-4000}
+DISTILL_BATCH=${DISTILL_BATCH:-8}
+ADV_STEPS=${ADV_STEPS:-4000}
+ADV_BATCH=${ADV_BATCH:-8}
+CHECKPOINT_EVERY=${CHECKPOINT_EVERY:-1000}
+EVAL_PROMPTS=${EVAL_PROMPTS:-100}
+EVAL_BASE_STEPS=${EVAL_BASE_STEPS:-50}
+if python -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then DEVICE_FLAGS=(); else
+    DEVICE_FLAGS=(--cpu); fi
+LAUNCH=(python -m accelerate.commands.launch --num_processes 1 --num_machines 1 --mixed_precision no
+    --dynamo_backend no "${DEVICE_FLAGS[@]}")
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+cd "$REPO"
+mkdir -p "$RUN_DIR"
+STAGES="$RUN_DIR/stages.tsv"
+
+# stage NAME COMMAND...: runs COMMAND unless RUN_DIR/NAME.done exists; logs it to RUN_DIR/NAME.log and its wall
+# time to RUN_DIR/stages.tsv (name, seconds, command).
+stage() {
+    local name=$1
+    shift
+    if [[ -f "$RUN_DIR/$name.done" ]]; then
+        echo "[make_tiny_model] $name: done already, skipped"
+        return
+    fi
+    echo "[make_tiny_model] $name: $*"
+    local start=$SECONDS
+    "$@" >>"$RUN_DIR/$name.log" 2>&1 || {
+        echo "[make_tiny_model] $name failed; see $RUN_DIR/$name.log"
+        exit 1
+    }
+    local command
+    command=$(printf '%q ' "$@")
+    printf '%s\t%s\t%s\n' "$name" "$((SECONDS - start))" "${command% }" >>"$STAGES"
+    touch "$RUN_DIR/$name.done"
+}
+
+# ----------------------------------------------------------------------------------------------- 1. data
+stage data_train python training_examples/synthetic_sounds.py --output_dir "$RUN_DIR/data/train" \
+    --num_examples "$NUM_TRAIN" --split train --seed "$SEED"
+stage data_heldout python training_examples/synthetic_sounds.py --output_dir "$RUN_DIR/data/heldout" \
+    --num_examples "$NUM_HELDOUT" --split heldout --seed "$((SEED + 1))"
+
+# ----------------------------------------------------------------------------------------------- 2. components
+stage build_init python -m diffusers_sa3.training.tiny_components init --train_data_dir "$RUN_DIR/data/train" \
+    --output_dir "$RUN_DIR/init" --text_width "$TEXT_WIDTH" --latent_channels "$LATENT_CHANNELS" \
+    --same_heads "$SAME_HEADS" --same_layers "$SAME_LAYERS" --dit_layers "$DIT_LAYERS" --dit_heads "$DIT_HEADS" \
+    --max_text_length "$MAX_TEXT_LENGTH" --seed "$SEED"
+
+# ----------------------------------------------------------------------------------------------- 3. SAME
+stage train_autoencoder "${LAUNCH[@]}" training_examples/train_autoencoder.py \
+    --pretrained_model_name_or_path "$RUN_DIR/init" --subfolder vae --train_data_dir "$RUN_DIR/data/train" \
+    --output_dir "$RUN_DIR/same" --training_mode full --max_train_steps "$AE_STEPS" --train_batch_size "$AE_BATCH" \
+    --learning_rate 3e-4 --discriminator_learning_rate 3e-4 --adversarial_start_step "$AE_ADV_START" \
+    --segment_seconds 2.0 --checkpointing_steps "$CHECKPOINT_EVERY" --checkpoints_total_limit 2 \
+    --validation_steps 0 --report_to none --seed "$SEED" --loss_log "$RUN_DIR/same_loss.jsonl" \
+    --resume_from_checkpoint latest
+stage build_trained_same python -m diffusers_sa3.training.tiny_components swap-vae --pipeline "$RUN_DIR/init" \
+    --vae "$RUN_DIR/same" --output_dir "$RUN_DIR/init_trained_same"
+
+# ----------------------------------------------------------------------------------------------- 4. latents
+stage pre_encode python training_examples/pre_encode.py --pretrained_model_name_or_path "$RUN_DIR/init_trained_same" \
+    --train_data_dir "$RUN_DIR/data/train" --output_dir "$RUN_DIR/latents" --encode_text --overwrite_output_dir
+
+# ----------------------------------------------------------------------------------------------- 5. base DiT
+stage train_flow "${LAUNCH[@]}" training_examples/train_flow.py \
+    --pretrained_model_name_or_path "$RUN_DIR/init_trained_same" --latents_dir "$RUN_DIR/latents" \
+    --output_dir "$RUN_DIR/base" --training_mode full --max_train_steps "$FLOW_STEPS" \
+    --train_batch_size "$FLOW_BATCH" --learning_rate 5e-4 --lr_warmup_steps 500 --lr_scheduler constant_with_warmup \
+    --use_ema --ema_decay 0.999 --max_seconds 12 --checkpointing_steps "$CHECKPOINT_EVERY" \
+    --checkpoints_total_limit 2 --report_to none --seed "$SEED" --loss_log "$RUN_DIR/flow_loss.jsonl" \
+    --resume_from_checkpoint latest
+
+# ----------------------------------------------------------------------------------------------- 6-7. post-training
+stage train_distill "${LAUNCH[@]}" training_examples/train_distill.py \
+    --pretrained_model_name_or_path "$RUN_DIR/base" --latent_data_path "$RUN_DIR/latents" \
+    --trajectory_cache_dir "$RUN_DIR/trajectories" --output_dir "$RUN_DIR/distilled" \
+    --max_train_steps "$DISTILL_STEPS" --train_batch_size "$DISTILL_BATCH" --learning_rate 1e-4 \
+    --max_seconds 12 --checkpointing_steps "$CHECKPOINT_EVERY" --checkpoints_total_limit 2 --report_to none \
+    --seed "$SEED" --loss_log "$RUN_DIR/distill_loss.jsonl" --resume_from_checkpoint latest
+stage train_adversarial "${LAUNCH[@]}" training_examples/train_adversarial.py \
+    --pretrained_model_name_or_path "$RUN_DIR/distilled" --discriminator_model_name_or_path "$RUN_DIR/base" \
+    --latent_data_path "$RUN_DIR/latents" --output_dir "$RUN_DIR/post" --lambda_clap 0 \
+    --max_train_steps "$ADV_STEPS" --train_batch_size "$ADV_BATCH" --learning_rate 1e-5 \
+    --discriminator_learning_rate 1e-5 --max_seconds 12 --checkpointing_steps "$CHECKPOINT_EVERY" \
+    --checkpoints_total_limit 2 --report_to none --seed "$SEED" --loss_log "$RUN_DIR/adversarial_loss.jsonl" \
+    --resume_from_checkpoint latest
+
+# ----------------------------------------------------------------------------------------------- 8. evaluation
+stage evaluate python training_examples/evaluate.py --base "$RUN_DIR/base" --base_steps "$EVAL_BASE_STEPS" \
+    --post_trained "$RUN_DIR/post" --post_trained_steps 1 8 --num_prompts "$EVAL_PROMPTS" --seed "$SEED" \
+    --output_json "$RUN_DIR/eval.json"
+
+# ----------------------------------------------------------------------------------------------- 9. cards, shipping
+python - "$RUN_DIR" "$SHIP_DIR" <<'EOF'
+import json, os, platform, shutil, subprocess, sys
+
+import torch
+
+run, ship = sys.argv[1], sys.argv[2]
+stages = [line.rstrip("\n").split("\t") for line in open(os.path.join(run, "stages.tsv"))]
+if torch.cuda.is_available():
+    hardware = f"1x {torch.cuda.get_device_name(0)}, {os.cpu_count()} CPU cores"
+else:
+    model = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"], capture_output=True,
+                           text=True).stdout.strip() or platform.processor()
+    hardware = f"CPU only: {os.cpu_count()} cores ({model}), torch {torch.__version__}"
+evaluation = json.load(open(os.path.join(run, "eval.json")))
+
+
+def weights_mb(folder):
+    # The shipped files only: not the training checkpoints.
+    return sum(os.path.getsize(os.path.join(folder, d, f)) for d in ("vae", "transformer", "text_encoder")
+               for f in os.listdir(os.path.join(folder, d)) if f.endswith(".safetensors")) / 1e6
+
+
+def card(title, folder, sampling):
+    lines = [f"# {title}", "",
+             "A tiny Stable Audio 3 model trained from scratch on the synthetic sound set of",
+             "`diffusers_sa3.training.synthetic_sounds` (tones, chords, noise, drums, chirps; left / centre / right;",
+             "quiet / loud; 1-12 s) with `training_examples/make_tiny_model.sh`. The text encoder is a tiny T5Gemma",
+             "encoder with frozen *random* weights and a word-level tokenizer over the caption words: it only knows",
+             "the caption grammar. For tests, demos and CI, not for real audio.", "",
+             f"Sampling: {sampling}", "",
+             f"Weights in this folder: {weights_mb(folder):.1f} MB (safetensors).", "",
+             f"Hardware: {hardware}.", "", "## Commands (in order) and wall time", "",
+             "| stage | wall time (s) | command |", "|---|---|---|"]
+    lines += [f"| {name} | {seconds} | `{command}` |" for name, seconds, command in stages]
+    lines += ["", "## Held-out evaluation (`training_examples/evaluate.py`)", "", "```", evaluation["table"], "```", ""]
+    with open(os.path.join(folder, "README.md"), "w") as f:
+        f.write("\n".join(lines))
+
+
+card("Stable Audio 3 tiny (base)", os.path.join(run, "base"),
+     "Euler (rectified flow), 50 steps and guidance 7 by default.")
+card("Stable Audio 3 tiny (post-trained)", os.path.join(run, "post"),
+     "ping-pong, 8 steps (1 step works too), no guidance.")
+print(evaluation["table"])
+total = weights_mb(os.path.join(run, "base")) + weights_mb(os.path.join(run, "post"))
+print(f"[make_tiny_model] weights of base + post-trained: {total:.1f} MB")
+if ship:
+    post = evaluation["columns"].get("post_trained_8", {}).get("metrics", {})
+    ok = (post.get("type_accuracy") or 0) >= 0.8 and (post.get("side_accuracy") or 0) >= 0.9 and total <= 25
+    if not ok:
+        sys.exit(f"[make_tiny_model] not shipping to {ship}: targets not met ({post}) or {total:.1f} MB > 25 MB")
+    if os.path.exists(ship):
+        shutil.rmtree(ship)
+    ignore = shutil.ignore_patterns("checkpoint-*", "logs", "validation", "*.jsonl")
+    shutil.copytree(os.path.join(run, "post"), ship, ignore=ignore)
+    shutil.copytree(os.path.join(run, "base"), os.path.join(ship, "base"), ignore=ignore)
+    print(f"[make_tiny_model] shipped to {ship}")
+EOF
