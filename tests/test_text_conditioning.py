@@ -90,3 +90,30 @@ def test_encode_conditioning_matches_official_conditioner(encoded, checkpoint):
     # Negative-prompt branch of CFG: masked prompt tokens become 0, the duration token stays.
     expected = torch.where(ref["cross_attn_mask"].bool()[:, :, None], ref["cross_attn_cond"], 0.0)
     assert_parity(zeros_context, expected, f"{checkpoint} zero-padded context")
+
+
+@pytest.mark.parametrize("change", ["drop_encoder_key", "extra_key", "wrong_shape"])
+def test_truncated_or_wrong_text_encoder_is_an_error(tmp_path, change):
+    """The bundled T5Gemma loads strictly: only its decoder tensors may go unused."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "t5gemma-b-b-ul2"
+    shutil.copytree(os.path.join(SMALL_CKPT, "t5gemma-b-b-ul2"), folder)
+    tensors = load_file(folder / "model.safetensors")
+    key = "model.encoder.layers.0.self_attn.q_proj.weight"
+    assert key in tensors
+    if change == "drop_encoder_key":
+        del tensors[key]
+        expected = "missing"
+    elif change == "extra_key":
+        tensors["model.encoder.extra.weight"] = torch.zeros(2)
+        expected = "model.encoder.extra.weight"
+    else:
+        tensors[key] = torch.zeros(3, 3, dtype=tensors[key].dtype)
+        expected = "mis-shaped"
+    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=expected) as error:
+        load_official_text_encoder(tmp_path)
+    assert str(folder) in str(error.value)

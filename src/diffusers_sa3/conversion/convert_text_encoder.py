@@ -44,8 +44,48 @@ def load_official_text_encoder(folder: Union[str, os.PathLike], dtype: Optional[
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     config = AutoConfig.from_pretrained(path, local_files_only=True)
     config.is_encoder_decoder = False
-    text_encoder = T5GemmaEncoderModel.from_pretrained(
-        path, config=config, dtype=dtype if dtype is not None else "auto", local_files_only=True
-    )
+    from transformers.utils import logging as transformers_logging
+
+    verbosity = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()  # the load report would list the decoder keys, which are expected
+    try:
+        text_encoder, info = T5GemmaEncoderModel.from_pretrained(
+            path,
+            config=config,
+            dtype=dtype if dtype is not None else "auto",
+            local_files_only=True,
+            output_loading_info=True,
+            ignore_mismatched_sizes=True,  # reported in `info` and raised below as a ValueError naming the keys
+        )
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+    check_text_encoder_loading_info(info, path)
     text_encoder.eval().requires_grad_(False)
     return tokenizer, text_encoder
+
+
+def check_text_encoder_loading_info(info: dict, path: str) -> None:
+    """
+    Strict loading of the T5Gemma encoder: the released folder holds the whole encoder-decoder, so its
+    `model.decoder.*` tensors are the only keys allowed to go unused. A missing or mis-shaped encoder key, or any
+    other unused key, raises a `ValueError` that names the keys.
+    """
+    unexpected = [key for key in info.get("unexpected_keys", []) if not key.startswith(_DECODER_PREFIXES)]
+    problems = {
+        "missing": sorted(info.get("missing_keys", [])),
+        "unexpected": sorted(unexpected),
+        "mis-shaped": sorted(str(key) for key in info.get("mismatched_keys", [])),
+        "errors": list(info.get("error_msgs", [])),
+    }
+    problems = {kind: keys for kind, keys in problems.items() if keys}
+    if problems:
+        details = "; ".join(
+            f"{kind}: {keys[:10]}{' ...' if len(keys) > 10 else ''}" for kind, keys in problems.items()
+        )
+        raise ValueError(
+            f"The T5Gemma encoder in {path!r} does not match its config ({details}); the folder is truncated or not "
+            "the checkpoint's `t5gemma-b-b-ul2/`: restore it from the original checkpoint."
+        )
+
+
+_DECODER_PREFIXES = ("model.decoder.", "decoder.", "lm_head.")
