@@ -21,6 +21,7 @@ setup(
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.4",
+        "accelerate>=1.0",  # init_empty_weights when loading official checkpoints
         "diffusers>=0.42,<0.43",
         "transformers>=5.0",
         "safetensors>=0.4",

@@ -338,3 +338,26 @@ def test_inpaint_resamples_mono_and_continues(inpaint_pipe):
     clip = (0.3 * np.sin(2 * np.pi * 440 * np.arange(rate // 2) / rate)).astype(np.float32)  # 0.5 s mono
     out = inpaint_pipe("a", audio=clip, sampling_rate=rate, duration=1.0, num_inference_steps=1).audios
     assert out.shape == (1, 2, 44100)
+
+
+@pytest.mark.parametrize("pipeline_class", [StableAudio3Pipeline, StableAudio3InpaintPipeline])
+def test_model_cpu_offload_onloads_the_transformer_before_conditioning(pipeline_class):
+    """`encode_conditioning` is not `forward`: the pipeline runs the transformer's offload hook itself, so on CUDA the
+    conditioning parameters are on the execution device (the device move itself cannot be seen on this CPU-only
+    machine; the order of calls can)."""
+    pipe = pipeline_class.from_pretrained(SMALL_CKPT)
+    pipe.set_progress_bar_config(disable=True)
+    kwargs = {"duration": 0.5, "num_inference_steps": 2}
+    if pipeline_class is StableAudio3InpaintPipeline:
+        clip = np.random.default_rng(0).standard_normal((2, 22050)).astype(np.float32) * 0.1
+        kwargs.update(audio=clip, inpaint_regions=[(0.1, 0.3)])
+    reference = pipe("rain", generator=torch.Generator().manual_seed(0), **kwargs).audios
+    pipe.enable_model_cpu_offload(device="cpu")
+    calls = []
+    hook, transformer = pipe.transformer._hf_hook, pipe.transformer
+    pre_forward, encode_conditioning = hook.pre_forward, transformer.encode_conditioning
+    hook.pre_forward = lambda module, *a, **k: calls.append("onload") or pre_forward(module, *a, **k)
+    transformer.encode_conditioning = lambda *a, **k: calls.append("condition") or encode_conditioning(*a, **k)
+    audio = pipe("rain", generator=torch.Generator().manual_seed(0), **kwargs).audios
+    assert calls[:2] == ["onload", "condition"], calls
+    np.testing.assert_allclose(audio, reference, rtol=0, atol=1e-4 * np.abs(reference).max())

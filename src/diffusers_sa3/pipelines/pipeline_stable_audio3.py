@@ -147,6 +147,11 @@ class StableAudio3Pipeline(DiffusionPipeline, StableAudio3LoraLoaderMixin):
         """Conditional context and global condition, plus the unconditional (or negative) context for guidance."""
         duration_tensor = torch.tensor(durations, dtype=torch.float32, device=device)
         hidden_states, attention_mask = self.encode_prompt(prompt, device)
+        # `encode_conditioning` is not `forward`, so run the transformer's accelerate hook (model CPU offload) first:
+        # it moves the transformer, and its conditioning parameters, to the execution device.
+        hook = getattr(self.transformer, "_hf_hook", None)
+        if hook is not None:
+            hook.pre_forward(self.transformer)
         context, global_condition = self.transformer.encode_conditioning(
             hidden_states, attention_mask, duration_tensor, prompt_padding="learned"
         )
