@@ -16,8 +16,10 @@ import math
 import os
 import re
 import secrets
+import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
@@ -35,6 +37,9 @@ MAX_VARIATIONS = 4
 MAX_SEED = 2**31 - 1
 DEFAULT_MAX_FILE_SIZE = "20mb"
 CROSSFADE_SECONDS = 0.01
+# Each request writes its WAV/FLAC files to a folder of its own here; folders older than an hour are removed.
+OUTPUT_ROOT = Path(tempfile.gettempdir()) / "sa3-demo"
+OUTPUT_MAX_AGE_SECONDS = 3600.0
 EDIT_MODES = ("Regenerate regions", "Continue", "Vary")
 REGION_PATTERN = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*[-:]\s*(\d+(?:\.\d*)?|\.\d+)\s*$")
 
@@ -107,9 +112,14 @@ def parse_regions(text: str) -> List[Tuple[float, float]]:
 def resolve_seed(seed, randomize: bool) -> int:
     if randomize:
         return secrets.randbelow(MAX_SEED)
-    if seed is None or not math.isfinite(float(seed)) or not 0 <= int(seed) <= MAX_SEED:
+    try:
+        ok = seed is not None and math.isfinite(float(seed)) and float(seed) == int(float(seed))
+        ok = ok and 0 <= int(float(seed)) <= MAX_SEED
+    except (TypeError, ValueError, OverflowError):
+        ok = False
+    if not ok:
         raise UserError(f"The seed must be an integer between 0 and {MAX_SEED}, got {seed!r}.")
-    return int(seed)
+    return int(float(seed))
 
 
 def check_prompt(prompt: Optional[str]) -> str:
@@ -119,9 +129,14 @@ def check_prompt(prompt: Optional[str]) -> str:
 
 
 def check_count(value, name: str, low: int, high: int) -> int:
-    if value is None or float(value) != int(value) or not low <= int(value) <= high:
+    try:
+        ok = value is not None and math.isfinite(float(value)) and float(value) == int(float(value))
+        ok = ok and low <= int(float(value)) <= high
+    except (TypeError, ValueError, OverflowError):
+        ok = False
+    if not ok:
         raise UserError(f"{name} must be an integer from {low} to {high}, got {value!r}.")
-    return int(value)
+    return int(float(value))
 
 
 def progress_callback(progress: gr.Progress, total: int, desc: str):
@@ -176,9 +191,22 @@ def render_plot(audio: np.ndarray, sampling_rate: int):
     return image
 
 
+def prune_outputs(root: Path, max_age_seconds: float) -> None:
+    """Removes request folders under `root` older than `max_age_seconds` (Gradio has served its copies by then)."""
+    now = time.time()
+    for folder in root.glob("request-*"):
+        try:
+            if now - folder.stat().st_mtime > max_age_seconds:
+                shutil.rmtree(folder, ignore_errors=True)
+        except FileNotFoundError:  # removed by another request meanwhile
+            pass
+
+
 def write_outputs(audios: np.ndarray, sampling_rate: int, stem: str):
     """WAV (for the players) and FLAC (download) files, 16-bit, in a fresh temporary folder per request."""
-    folder = Path(tempfile.mkdtemp(prefix="sa3-demo-"))
+    OUTPUT_ROOT.mkdir(parents=True, exist_ok=True)
+    prune_outputs(OUTPUT_ROOT, OUTPUT_MAX_AGE_SECONDS)
+    folder = Path(tempfile.mkdtemp(prefix="request-", dir=OUTPUT_ROOT))
     wavs, downloads = [], []
     for i, audio in enumerate(audios):
         # Quantize once, as soundfile reads 16-bit PCM (x / 32768), so both files hold the same samples and a clip
@@ -327,6 +355,8 @@ def edit(
         regions = [(clip_seconds, float(continue_to))]
         kwargs.update(audio=clip, duration=float(continue_to))
     else:
+        if noise_level is None or not 0 < float(noise_level) <= 1:
+            raise UserError(f"The noise level must be in (0, 1], got {noise_level!r}: higher varies the clip more.")
         kwargs.update(init_audio=clip, init_noise_level=float(noise_level))
     audios = run_pipeline(pipe, **kwargs)
 
@@ -398,7 +428,8 @@ def build_demo(
     max_clip_seconds = float(max_clip_seconds or max_duration)
     kind = "post-trained (guidance distilled)" if pipe.is_post_trained else "base (guidance, negative prompt)"
 
-    with gr.Blocks(title="Stable Audio 3") as demo:
+    # Gradio's own cache of served files is cleared of files older than a day, checked every hour.
+    with gr.Blocks(title="Stable Audio 3", delete_cache=(3600, 86400)) as demo:
         gr.Markdown(
             f"# Stable Audio 3\nModel kind: **{kind}**, {pipe.sampling_rate} Hz stereo, at most {max_duration:.0f} s."
         )

@@ -108,6 +108,7 @@ def _generate(client, prompt="rain on a tin roof", duration=2.0, steps=4, seed=3
 
 
 def _edit(client, path, mode="Regenerate regions", regions="0.5-1.0, 2-2.5", continue_to=5.0, keep=True, **kw):
+    mode = kw.pop("mode", mode)
     return client.predict(
         audio_path=gradio_client.handle_file(str(path)),
         mode=mode,
@@ -219,6 +220,7 @@ def test_edit_continue_and_vary(server, clip_path):
         ("region_outside", "lies outside the clip"),
         ("bad_region_text", "Could not read the region"),
         ("empty_prompt", "prompt is empty"),
+        ("bad_noise_level", "greater than maximum value 1.0"),  # the slider's own check, before our code
     ],
 )
 def test_bad_input_shows_message_and_server_keeps_serving(server, clip_path, tmp_path, case, expected):
@@ -236,6 +238,8 @@ def test_bad_input_shows_message_and_server_keeps_serving(server, clip_path, tmp
         kwargs["regions"] = "one to two"
     elif case == "empty_prompt":
         kwargs["prompt"] = "   "
+    elif case == "bad_noise_level":
+        kwargs.update(mode="Vary", noise_level=1.5)
     with pytest.raises(gradio_client.exceptions.AppError, match=expected) as excinfo:
         _edit(client, path, **kwargs)
     assert "Traceback" not in str(excinfo.value)
@@ -332,3 +336,22 @@ def test_progress_reports_every_step(small_pipe):
     outputs = app.generate(small_pipe, "wind", "", 1.0, 1.0, 3, 5, False, 1, progress=progress)
     assert calls == [((1, 3), "Denoising"), ((2, 3), "Denoising"), ((3, 3), "Denoising")]
     assert outputs[-2] == 5 and "seed 5" in outputs[-1]
+
+
+def test_request_folders_are_pruned(tmp_path):
+    old, new = tmp_path / "request-old", tmp_path / "request-new"
+    for folder in (old, new):
+        folder.mkdir()
+        (folder / "generated_0.wav").write_bytes(b"x")
+    os.utime(old, (0, 0))
+    (tmp_path / "user-file.wav").write_bytes(b"keep")  # only request folders are ever removed
+    app.prune_outputs(tmp_path, 3600)
+    assert not old.exists() and new.is_dir() and (tmp_path / "user-file.wav").exists()
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), "abc", 2.5, -1])
+def test_seed_and_count_checks_give_messages(value):
+    with pytest.raises(app.UserError, match="seed must be an integer"):
+        app.resolve_seed(value, randomize=False)
+    with pytest.raises(app.UserError, match="Steps must be an integer"):
+        app.check_count(value, "Steps", 1, 500)
