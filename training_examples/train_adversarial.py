@@ -79,6 +79,12 @@ from diffusers_sa3.training.adversarial import (
     relativistic_generator_loss,
     shuffled_prompt_indices,
 )
+from diffusers_sa3.training.checkpointing import (
+    check_output_dir,
+    checkpoint_dirs,
+    checkpoint_step,
+    resolve_resume_checkpoint,
+)
 from diffusers_sa3.training.distillation import batch_latents, save_pingpong_pipeline
 from diffusers_sa3.training.flow_objective import sample_inpaint_masks
 
@@ -196,11 +202,6 @@ def step_seed(seed: int, *keys) -> int:
     return zlib.crc32(":".join(str(k) for k in (seed, *keys)).encode()) % (2**31)
 
 
-def checkpoint_dirs(output_dir: str):
-    names = [d for d in os.listdir(output_dir) if d.startswith("checkpoint-")] if os.path.isdir(output_dir) else []
-    return sorted(names, key=lambda name: int(name.split("-")[1]))
-
-
 @contextlib.contextmanager
 def frozen_parameters(module: torch.nn.Module):
     """Turns off `requires_grad` of `module`'s parameters inside the block (the generator step's discriminator)."""
@@ -238,16 +239,7 @@ def renoise(latents, noise, timesteps, frame_mask):
 
 def main(args):
     # 1. Output dir guard, accelerator, logging and seed.
-    if (
-        os.path.isdir(args.output_dir)
-        and os.listdir(args.output_dir)
-        and not args.overwrite_output_dir
-        and not args.resume_from_checkpoint
-    ):
-        raise ValueError(
-            f"`--output_dir` {args.output_dir!r} exists and is not empty. Pass `--overwrite_output_dir` to write into "
-            "it, or `--resume_from_checkpoint latest` to continue the run saved there."
-        )
+    check_output_dir(args.output_dir, args.overwrite_output_dir, args.resume_from_checkpoint)
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
@@ -349,18 +341,13 @@ def main(args):
 
     # 5. Resume.
     global_step = 0
-    if args.resume_from_checkpoint:
-        if args.resume_from_checkpoint == "latest":
-            found = checkpoint_dirs(args.output_dir)
-            path = os.path.join(args.output_dir, found[-1]) if found else None
-        else:
-            path = args.resume_from_checkpoint
-        if path is None or not os.path.isdir(path):
-            logger.info(f"Checkpoint {args.resume_from_checkpoint!r} not found; starting a new run.")
-        else:
-            logger.info(f"Resuming from {path}")
-            accelerator.load_state(path)
-            global_step = int(os.path.basename(os.path.normpath(path)).split("-")[1])
+    path = resolve_resume_checkpoint(args.output_dir, args.resume_from_checkpoint)
+    if path is None and args.resume_from_checkpoint:
+        logger.info(f"No checkpoint in {args.output_dir!r} yet; starting a new run.")
+    elif path is not None:
+        logger.info(f"Resuming from {path}")
+        accelerator.load_state(path)
+        global_step = checkpoint_step(path)
     first_epoch = global_step // updates_per_epoch
     skip_batches = (global_step % updates_per_epoch) * args.gradient_accumulation_steps
     loss_log = None

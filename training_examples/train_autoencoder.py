@@ -59,6 +59,12 @@ from diffusers_sa3.training.autoencoder_losses import (
     multi_resolution_mel_loss,
     multi_resolution_stft_loss,
 )
+from diffusers_sa3.training.checkpointing import (
+    check_output_dir,
+    checkpoint_dirs,
+    checkpoint_step,
+    resolve_resume_checkpoint,
+)
 from diffusers_sa3.training.discriminators import MultiResolutionSpectrogramDiscriminator
 from diffusers_sa3.training.evaluation import evaluate_reconstruction
 
@@ -373,11 +379,6 @@ def load_autoencoder(args) -> SAMEAutoencoderModel:
     return autoencoder
 
 
-def checkpoint_dirs(output_dir: str):
-    names = [d for d in os.listdir(output_dir) if d.startswith("checkpoint-")] if os.path.isdir(output_dir) else []
-    return sorted(names, key=lambda name: int(name.split("-")[1]))
-
-
 # ----------------------------------------------------------------------------------------------------------------------
 # Training
 # ----------------------------------------------------------------------------------------------------------------------
@@ -385,16 +386,7 @@ def checkpoint_dirs(output_dir: str):
 
 def main(args):
     # 1. Output dir guard, accelerator, logging and seed.
-    if (
-        os.path.isdir(args.output_dir)
-        and os.listdir(args.output_dir)
-        and not args.overwrite_output_dir
-        and not args.resume_from_checkpoint
-    ):
-        raise ValueError(
-            f"`--output_dir` {args.output_dir!r} exists and is not empty. Pass `--overwrite_output_dir` to write into "
-            "it, or `--resume_from_checkpoint latest` to continue the run saved there."
-        )
+    check_output_dir(args.output_dir, args.overwrite_output_dir, args.resume_from_checkpoint)
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
@@ -532,18 +524,13 @@ def main(args):
 
     # 8. Resume.
     global_step = 0
-    if args.resume_from_checkpoint:
-        if args.resume_from_checkpoint == "latest":
-            found = checkpoint_dirs(args.output_dir)
-            path = os.path.join(args.output_dir, found[-1]) if found else None
-        else:
-            path = args.resume_from_checkpoint
-        if path is None or not os.path.isdir(path):
-            logger.info(f"Checkpoint {args.resume_from_checkpoint!r} not found; starting a new run.")
-        else:
-            logger.info(f"Resuming from {path}")
-            accelerator.load_state(path)
-            global_step = int(os.path.basename(os.path.normpath(path)).split("-")[1])
+    path = resolve_resume_checkpoint(args.output_dir, args.resume_from_checkpoint)
+    if path is None and args.resume_from_checkpoint:
+        logger.info(f"No checkpoint in {args.output_dir!r} yet; starting a new run.")
+    elif path is not None:
+        logger.info(f"Resuming from {path}")
+        accelerator.load_state(path)
+        global_step = checkpoint_step(path)
     first_epoch = global_step // updates_per_epoch
     skip_batches = (global_step % updates_per_epoch) * args.gradient_accumulation_steps
     loss_log = None
