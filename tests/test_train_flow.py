@@ -228,6 +228,40 @@ def test_flow_matching_loss_masks_padding_and_given_frames():
     assert (calls["timestep"] > model.calls["timestep"]).all()
 
 
+class _FrameOutputTransformer(torch.nn.Module):
+    """Predicts a free parameter per (item, channel, frame): its gradient shows exactly which frames the loss uses."""
+
+    def __init__(self, shape):
+        super().__init__()
+        self.prediction = torch.nn.Parameter(torch.zeros(shape))
+
+    def forward(self, hidden_states, timestep, **kwargs):
+        self.calls = kwargs
+        return (self.prediction + 0 * hidden_states,)
+
+
+@pytest.mark.parametrize("inpainting", [True, False])
+def test_flow_matching_loss_uses_exactly_the_valid_frames_to_generate(inpainting):
+    scheduler = FlowMatchOTScheduler()
+    latents = torch.randn(4, 3, 80)
+    valid = torch.tensor([10, 30, 50, 80])
+    model = _FrameOutputTransformer(latents.shape)
+    loss, _ = flow_matching_loss(
+        model, scheduler, latents, torch.randn(4, 5, 2), torch.randn(4, 2), valid, torch.tensor([1.0, 3.0, 5.0, 8.0]),
+        inpaint_probabilities=(0.5, 0.0, 0.5) if inpainting else None, generator=torch.Generator().manual_seed(1),
+    )  # fmt: skip
+    loss.backward()
+    used = model.prediction.grad.abs().sum(dim=1) > 0  # (batch, frames)
+    expected = model.calls["attention_mask"].bool()
+    if inpainting:
+        given = model.calls["inpaint_mask"][:, 0].bool()
+        assert given.any() and (expected & ~given).any()
+        expected = expected & ~given
+    # Silence augmentation extends the trained region past the content, never past the padded batch.
+    assert (model.calls["attention_mask"].sum(dim=1) >= valid).all()
+    assert torch.equal(used, expected), (used.sum(dim=1), expected.sum(dim=1))
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # The scripts
 # ----------------------------------------------------------------------------------------------------------------------
