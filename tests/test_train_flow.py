@@ -137,6 +137,30 @@ def test_captioned_dataset_skips_bad_files_with_one_warning(workspace, caplog, t
         CaptionedAudioDataset(str(table))
 
 
+def test_file_failing_to_decode_mid_run_is_skipped_with_a_warning(workspace, caplog, monkeypatch):
+    """A file whose header reads but whose audio does not decode (e.g. truncated after the check) is skipped with a
+    warning naming it, and the next usable item takes its place, instead of killing a long run."""
+    from diffusers_sa3.training import flow_data
+
+    dataset = CaptionedAudioDataset(workspace["data"], max_seconds=1.0, seed=0)
+    real_load = flow_data.load_audio
+
+    def failing_load(path, *args, **kwargs):
+        if os.path.basename(path) == "high.wav":
+            raise RuntimeError("Error in the data chunk")
+        return real_load(path, *args, **kwargs)
+
+    monkeypatch.setattr(flow_data, "load_audio", failing_load)
+    with caplog.at_level(logging.WARNING):
+        first, again = dataset[0], dataset[0]
+    assert first["path"].endswith("low.wav") and again["path"].endswith("low.wav")
+    assert caplog.text.count("high.wav") == 1 and "failed to decode" in caplog.text  # warned once
+    assert dataset.decode_failures == [dataset.paths[0]] and "high.wav" in dataset.skipped_files[-1]
+    monkeypatch.setattr(flow_data, "load_audio", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("bad")))
+    with pytest.raises(RuntimeError, match="No file of `root`"):
+        dataset[1]
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Objective pieces (the Sinkhorn coupling and the length shift are tested in test_schedulers.py)
 # ----------------------------------------------------------------------------------------------------------------------

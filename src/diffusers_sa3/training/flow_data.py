@@ -141,6 +141,7 @@ class CaptionedAudioDataset(Dataset):
                 f"Skipping {len(new)} audio file(s) without a usable caption or length:\n  " + "\n  ".join(new)
             )
         self.skipped_files = skipped
+        self.decode_failures: List[str] = []  # files that failed while reading items (see `__getitem__`)
         if not self.paths:
             raise ValueError(
                 f"No usable audio file in `root`={root!r}: {len(skipped)} skipped ({'; '.join(skipped[:3])}). Each file "
@@ -172,14 +173,26 @@ class CaptionedAudioDataset(Dataset):
         return int(torch.randint(0, max_offset + 1, ()).item())
 
     def __getitem__(self, index: int) -> Dict[str, Union[torch.Tensor, str, int, float]]:
+        # A file that passed the header check but fails to decode (a truncated or corrupt download) is skipped with a
+        # warning naming it, and the next usable item takes its place: a long run never dies on one bad file.
+        for attempt in range(len(self.paths)):
+            item = (index + attempt) % len(self.paths)
+            path = self.paths[item]
+            try:
+                return self._read(item)
+            except Exception as error:
+                if path not in self.decode_failures:
+                    self.decode_failures.append(path)
+                    self.skipped_files.append(f"{path} (failed to decode: {error})")
+                    logger.warning(f"Skipping `{path}`, which failed to decode: {error}")
+        raise RuntimeError(f"No file of `root`={self.root!r} decodes; see the warnings above for each failure.")
+
+    def _read(self, index: int) -> Dict[str, Union[torch.Tensor, str, int, float]]:
         path, length = self.paths[index], self.lengths[index]
         offset = self._crop_offset(index, length - self.max_samples)
-        try:
-            audio = load_audio(path, self.sample_rate, self.channels, start=offset, num_samples=self.max_samples)
-        except Exception as error:  # a file that passed the header check but fails to decode
-            raise RuntimeError(f"Could not decode `{path}`: {error}") from error
+        audio = load_audio(path, self.sample_rate, self.channels, start=offset, num_samples=self.max_samples)
         if audio.shape[-1] == 0:
-            raise RuntimeError(f"`{path}` decoded to no samples at offset {offset}.")
+            raise RuntimeError(f"decoded to no samples at offset {offset}")
         return {
             "audio": audio,
             "num_samples": audio.shape[-1],
