@@ -30,29 +30,31 @@ NUM_HELDOUT=${NUM_HELDOUT:-200}
 # Model sizes (see diffusers_sa3.training.tiny_components).
 TEXT_WIDTH=${TEXT_WIDTH:-64}
 LATENT_CHANNELS=${LATENT_CHANNELS:-32}
-SAME_HEADS=${SAME_HEADS:-2}
+SAME_HEADS=${SAME_HEADS:-4}            # width 4 x 32 = 128 = 2 channels x 64-sample patches
+SAME_PATCH=${SAME_PATCH:-64}
+SAME_STRIDE=${SAME_STRIDE:-64}         # 64 x 64 = 4096 samples per latent, as the released SAME
 SAME_LAYERS=${SAME_LAYERS:-2}
 DIT_LAYERS=${DIT_LAYERS:-6}
 DIT_HEADS=${DIT_HEADS:-2}
 MAX_TEXT_LENGTH=${MAX_TEXT_LENGTH:-32}
 # Step counts and batch sizes.
 # The defaults fit a 2-core CPU in about 100 minutes (see the model cards for the measured wall times).
-AE_STEPS=${AE_STEPS:-2000}
+AE_STEPS=${AE_STEPS:-1300}
 AE_BATCH=${AE_BATCH:-8}
-AE_LR=${AE_LR:-5e-4}
+AE_LR=${AE_LR:-1e-3}
 AE_ADV_START=${AE_ADV_START:-1000000}   # no adversarial phase by default: it needs far more steps than a CPU run
 AE_SEGMENT=${AE_SEGMENT:-1.0}
-FLOW_STEPS=${FLOW_STEPS:-2800}
+FLOW_STEPS=${FLOW_STEPS:-1800}
 FLOW_BATCH=${FLOW_BATCH:-16}
 FLOW_LR=${FLOW_LR:-1e-3}
 FLOW_WARMUP=${FLOW_WARMUP:-200}
 EMA_DECAY=${EMA_DECAY:-0.998}
-DISTILL_STEPS=${DISTILL_STEPS:-400}
+DISTILL_STEPS=${DISTILL_STEPS:-300}
 DISTILL_BATCH=${DISTILL_BATCH:-8}
-ADV_STEPS=${ADV_STEPS:-300}
+ADV_STEPS=${ADV_STEPS:-200}
 ADV_BATCH=${ADV_BATCH:-8}
 CHECKPOINT_EVERY=${CHECKPOINT_EVERY:-250}
-EVAL_PROMPTS=${EVAL_PROMPTS:-48}
+EVAL_PROMPTS=${EVAL_PROMPTS:-40}
 EVAL_BASE_STEPS=${EVAL_BASE_STEPS:-50}
 if python -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then DEVICE_FLAGS=(); else
     DEVICE_FLAGS=(--cpu); fi
@@ -93,7 +95,8 @@ stage data_heldout python training_examples/synthetic_sounds.py --output_dir "$R
 # ----------------------------------------------------------------------------------------------- 2. components
 stage build_init python -m diffusers_sa3.training.tiny_components init --train_data_dir "$RUN_DIR/data/train" \
     --output_dir "$RUN_DIR/init" --text_width "$TEXT_WIDTH" --latent_channels "$LATENT_CHANNELS" \
-    --same_heads "$SAME_HEADS" --same_layers "$SAME_LAYERS" --dit_layers "$DIT_LAYERS" --dit_heads "$DIT_HEADS" \
+    --same_heads "$SAME_HEADS" --same_layers "$SAME_LAYERS" --same_patch_size "$SAME_PATCH" \
+    --same_resampling_stride "$SAME_STRIDE" --dit_layers "$DIT_LAYERS" --dit_heads "$DIT_HEADS" \
     --max_text_length "$MAX_TEXT_LENGTH" --seed "$SEED"
 
 # ----------------------------------------------------------------------------------------------- 3. SAME

@@ -153,6 +153,8 @@ def build_tiny_same(
     attention_head_dim: int = 32,
     num_layers: int = 2,
     seed: int = 0,
+    patch_size: int = 256,
+    resampling_stride: int = 16,
 ) -> SAMEAutoencoderModel:
     r"""
     A tiny SAME-S style autoencoder (chunked attention of 32 latent frames, midpoint shift, conv mapping in the
@@ -164,6 +166,12 @@ def build_tiny_same(
         attention_head_dim (`int`, defaults to 32): Width of each head (the model width is heads x head dim).
         num_layers (`int`, defaults to 2): Transformer layers of the encoder and of the decoder.
         seed (`int`, defaults to 0): Seed of the random initialisation.
+        patch_size (`int`, defaults to 256): Samples per patch. The first and last layers map `2 * patch_size` values
+            to the model width and back, so a width below `2 * patch_size` caps what the decoder can represent: the
+            shipped tiny model uses 64-sample patches at width 128.
+        resampling_stride (`int`, defaults to 16): Patches per latent frame (`patch_size * resampling_stride` samples
+            per latent; 4096 like the released models when the product is kept). Attention chunks span two latent
+            frames (`2 * resampling_stride` patches), as in SAME-S.
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -174,7 +182,9 @@ def build_tiny_same(
             num_encoder_layers=num_layers,
             num_decoder_layers=num_layers,
             sliding_window=None,
-            attention_chunk_size=32,
+            attention_chunk_size=2 * resampling_stride,
+            patch_size=patch_size,
+            resampling_stride=resampling_stride,
             chunk_midpoint_shift=True,
             decoder_sinusoidal_blocks=0,
             decoder_kernel_size=3,
@@ -281,6 +291,8 @@ def build_initial_pipeline(
     latent_channels: int = 32,
     same_heads: int = 2,
     same_layers: int = 2,
+    same_patch_size: int = 256,
+    same_resampling_stride: int = 16,
     dit_layers: int = 6,
     dit_heads: int = 2,
     max_text_length: int = 32,
@@ -291,7 +303,14 @@ def build_initial_pipeline(
 
     tokenizer = build_word_tokenizer(caption_vocabulary(train_data_dir))
     text_encoder = build_tiny_text_encoder(len(tokenizer), hidden_size=text_width, seed=seed)
-    vae = build_tiny_same(latent_channels, num_attention_heads=same_heads, num_layers=same_layers, seed=seed)
+    vae = build_tiny_same(
+        latent_channels,
+        num_attention_heads=same_heads,
+        num_layers=same_layers,
+        seed=seed,
+        patch_size=same_patch_size,
+        resampling_stride=same_resampling_stride,
+    )
     transformer = build_tiny_transformer(
         latent_channels, text_width, num_layers=dit_layers, num_attention_heads=dit_heads, seed=seed
     )
@@ -312,6 +331,8 @@ def main(input_args=None):
     init.add_argument("--output_dir", required=True)
     init.add_argument("--same_heads", type=int, default=2)
     init.add_argument("--same_layers", type=int, default=2)
+    init.add_argument("--same_patch_size", type=int, default=256)
+    init.add_argument("--same_resampling_stride", type=int, default=16)
     init.add_argument("--seed", type=int, default=0)
     init.add_argument("--text_width", type=int, default=64)
     init.add_argument("--train_data_dir", required=True)
