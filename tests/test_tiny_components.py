@@ -151,3 +151,17 @@ def test_cli_init_and_swap_vae(tmp_path):
     expected = other.state_dict()
     assert all(torch.equal(v, expected[k]) for k, v in swapped.vae.state_dict().items())
     assert all(torch.equal(v, pipe.transformer.state_dict()[k]) for k, v in swapped.transformer.state_dict().items())
+
+
+def test_tiny_same_with_small_patches_keeps_the_released_frame_rate(tmp_path):
+    """The shipped tiny SAME: 64-sample patches at width 128 (4 x 32), 64 patches per latent frame."""
+    vae = build_tiny_same(latent_channels=32, num_attention_heads=4, num_layers=1, patch_size=64, resampling_stride=64)
+    assert vae.downsampling_ratio == 4096 and vae.config.attention_chunk_size == 128
+    audio = torch.randn(1, 2, 3 * 4096 + 100)
+    latents = vae.encode(audio).latents
+    assert latents.shape[:2] == (1, 32)
+    decoded = vae.decode(latents, add_noise=False).sample
+    assert decoded.shape[:2] == (1, 2) and decoded.shape[-1] >= audio.shape[-1]
+    vae.save_pretrained(tmp_path)
+    reloaded = type(vae).from_pretrained(tmp_path)
+    torch.testing.assert_close(reloaded.decode(latents, add_noise=False).sample, decoded, rtol=0, atol=0)
