@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The full recipe of the tiny Stable Audio 3 model shipped in `pipelines/sa3-tiny/` (issue 7).
+# The full recipe of the tiny Stable Audio 3 model for `pipelines/sa3-tiny/` (issue 7; not shipped yet: see the status in training_examples/README.md).
 #
 #   1. synthetic train set (NUM_TRAIN clips) and held-out set (NUM_HELDOUT clips);
 #   2. word tokenizer over the caption words + tiny frozen random T5Gemma encoder + tiny SAME + tiny DiT -> `init/`;
