@@ -268,26 +268,43 @@ def test_generate_cli_writes_wav(tmp_path):
 # ---------------------------------------------------------------------------------------------------- bad input
 
 
-@pytest.mark.parametrize(
-    "kwargs, match",
-    [
-        ({"duration": 0.0}, "`duration` must be a positive"),
-        ({"duration": -2.0}, "`duration` must be a positive"),
-        ({"duration": float("nan")}, "`duration` must be a positive, finite"),
-        ({"duration": 500.0}, "beyond this model's maximum"),
-        ({"prompt": []}, "`prompt` is an empty list"),
-        ({"prompt": ["a", "b"], "duration": [1.0]}, "`duration` has 1 values but `prompt` has 2"),
-        ({"prompt": ["a", "b"], "negative_prompt": ["x"]}, "`negative_prompt` has 1 entries but `prompt` has 2"),
-        ({"output_type": "mp3"}, "`output_type` must be one of"),
-        ({"num_inference_steps": 0}, "`num_inference_steps` must be an integer >= 1, got 0"),
-        ({"latents": torch.zeros(1, 3, 5)}, "`latents` must have shape"),
-    ],
-)
-def test_bad_input_raises_clear_value_error(small_pipe, kwargs, match):
+# (kwargs, the argument named, the value shown, a word of the fix), for both pipelines unless marked.
+BAD_INPUTS = [
+    ({"duration": 0.0}, "`duration`", "0.0", "pass the length"),
+    ({"duration": -2.0}, "`duration`", "-2.0", "pass the length"),
+    ({"duration": float("nan")}, "`duration`", "nan", "pass the length"),
+    ({"duration": 500.0}, "`duration`", "500.0", "ask for at most"),
+    ({"prompt": []}, "`prompt`", "empty list", "pass at least one"),
+    ({"prompt": ["a", "b"], "negative_prompt": ["x"]}, "`negative_prompt`", "has 1 entries", "give one negative"),
+    ({"output_type": "mp3"}, "`output_type`", "'mp3'", "use 'np'"),
+    ({"num_inference_steps": 0}, "`num_inference_steps`", "got 0", "leave it unset"),
+    ({"num_waveforms_per_prompt": 0}, "`num_waveforms_per_prompt`", "got 0", "pass 1"),
+]
+TEXT_TO_AUDIO_ONLY = [
+    ({"prompt": ["a", "b"], "duration": [1.0]}, "`duration`", "has 1 values", "give one duration per prompt"),
+    ({"latents": torch.zeros(1, 3, 5)}, "`latents`", "(1, 3, 5)", "must have shape"),
+]
+
+
+@pytest.mark.parametrize("kwargs, argument, value, fix", BAD_INPUTS + TEXT_TO_AUDIO_ONLY)
+def test_bad_input_raises_clear_value_error(small_pipe, kwargs, argument, value, fix):
     call = {"prompt": "a crackling campfire", "duration": 0.5, "num_inference_steps": 1}
     call.update(kwargs)
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ValueError) as error:
         small_pipe(**call)
+    message = str(error.value)
+    assert argument in message and value in message and fix in message, message
+
+
+@pytest.mark.parametrize("kwargs, argument, value, fix", BAD_INPUTS)
+def test_inpaint_pipeline_checks_the_shared_arguments(inpaint_pipe, kwargs, argument, value, fix):
+    clip = np.zeros((2, 22050), dtype=np.float32)
+    call = {"prompt": "a", "audio": clip, "inpaint_regions": [(0.1, 0.2)], "duration": 0.5, "num_inference_steps": 1}
+    call.update(kwargs)
+    with pytest.raises(ValueError) as error:
+        inpaint_pipe(**call)
+    message = str(error.value)
+    assert argument in message and value in message and fix in message, message
 
 
 def test_guidance_on_post_trained_model_warns(small_pipe, caplog):

@@ -245,7 +245,10 @@ class StableAudio3Pipeline(DiffusionPipeline, StableAudio3LoraLoaderMixin):
             if isinstance(d, bool) or not isinstance(d, (int, float, np.floating, np.integer)):
                 raise ValueError(f"`duration` must be a number of seconds, got {d!r}.")
             if not math.isfinite(d) or d <= 0:
-                raise ValueError(f"`duration` must be a positive, finite number of seconds, got {d}.")
+                raise ValueError(
+                    f"`duration` must be a positive, finite number of seconds, got {d}; pass the length "
+                    "to generate in seconds, e.g. `duration=10.0`."
+                )
             if d > self.max_duration + 1e-6:
                 raise ValueError(
                     f"`duration` {d} s is beyond this model's maximum of {self.max_duration:.2f} s; ask for at most "
@@ -272,13 +275,19 @@ class StableAudio3Pipeline(DiffusionPipeline, StableAudio3LoraLoaderMixin):
             or not isinstance(num_inference_steps, int)
             or num_inference_steps < 1
         ):
-            raise ValueError(f"`num_inference_steps` must be an integer >= 1, got {num_inference_steps!r}.")
+            raise ValueError(
+                f"`num_inference_steps` must be an integer >= 1, got {num_inference_steps!r}; leave it unset for the "
+                f"checkpoint's default ({self.default_num_inference_steps})."
+            )
         if guidance_scale is not None and (
             not isinstance(guidance_scale, (int, float)) or not math.isfinite(guidance_scale) or guidance_scale < 1.0
         ):
             raise ValueError(f"`guidance_scale` must be a finite number >= 1.0 (1.0 = off), got {guidance_scale!r}.")
         if not isinstance(num_waveforms_per_prompt, int) or num_waveforms_per_prompt < 1:
-            raise ValueError(f"`num_waveforms_per_prompt` must be an integer >= 1, got {num_waveforms_per_prompt!r}.")
+            raise ValueError(
+                f"`num_waveforms_per_prompt` must be an integer >= 1, got {num_waveforms_per_prompt!r}; pass 1 for one "
+                "waveform per prompt."
+            )
         if isinstance(generator, list) and len(generator) != len(prompts) * num_waveforms_per_prompt:
             raise ValueError(
                 f"`generator` is a list of {len(generator)} generators, but the batch has "
@@ -286,7 +295,10 @@ class StableAudio3Pipeline(DiffusionPipeline, StableAudio3LoraLoaderMixin):
                 "generator per waveform or a single generator."
             )
         if output_type not in OUTPUT_TYPES:
-            raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}.")
+            raise ValueError(
+                f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}; use 'np' for numpy audio, 'pt' "
+                "for torch tensors or 'latent' for the latents."
+            )
         if callback_on_step_end_tensor_inputs is not None and not all(
             k in self._callback_tensor_inputs for k in callback_on_step_end_tensor_inputs
         ):
