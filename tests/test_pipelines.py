@@ -378,3 +378,28 @@ def test_model_cpu_offload_onloads_the_transformer_before_conditioning(pipeline_
     audio = pipe("rain", generator=torch.Generator().manual_seed(0), **kwargs).audios
     assert calls[:2] == ["onload", "condition"], calls
     np.testing.assert_allclose(audio, reference, rtol=0, atol=1e-4 * np.abs(reference).max())
+
+
+def test_cli_unloadable_model_is_a_message_and_writes_nothing(tmp_path):
+    from diffusers_sa3.cli import main
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "model_index.json").write_text("{not json")
+    out = tmp_path / "out.wav"
+    with pytest.raises(SystemExit) as error:
+        main(["generate", "rain", "--model", str(broken), "--duration", "1", "-o", str(out)])
+    message = str(error.value)
+    assert message.startswith("error: --model") and str(broken) in message and "Pass a diffusers-sa3 folder" in message
+    assert not out.exists()
+    # A failed convert writes nothing either: an official-looking folder whose weights are truncated.
+    import shutil
+
+    official = tmp_path / "official"
+    shutil.copytree(SMALL_CKPT, official)
+    weights = official / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(SystemExit, match="error: SRC"):
+        main(["convert", str(official), str(tmp_path / "converted")])
+    assert not (tmp_path / "converted").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".converted")] == []

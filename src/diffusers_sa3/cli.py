@@ -52,6 +52,17 @@ def _write_audio_atomically(path: Path, audio, sampling_rate: int, overwrite: bo
             os.remove(tmp)
 
 
+def _load_pipeline(pipeline_class, path: str, flag: str):
+    """Loads a pipeline; a folder that cannot be loaded ends the command with its reason, not a traceback."""
+    try:
+        return pipeline_class.from_pretrained(path)
+    except (ValueError, OSError) as error:
+        raise SystemExit(
+            f"error: {flag} {path!r} could not be loaded: {error} Pass a diffusers-sa3 folder (model_index.json), an "
+            "official checkpoint folder (model_config.json + model.safetensors + t5gemma-b-b-ul2/) or a Hub repo id."
+        ) from None
+
+
 def cmd_generate(args) -> int:
     import numpy as np
     import torch
@@ -75,7 +86,7 @@ def cmd_generate(args) -> int:
 
     edit = args.audio is not None or args.init_audio is not None
     pipeline_class = StableAudio3InpaintPipeline if edit else StableAudio3Pipeline
-    pipe = pipeline_class.from_pretrained(model)
+    pipe = _load_pipeline(pipeline_class, model, "--model")
     pipe.set_progress_bar_config(disable=args.quiet)
     generator = torch.Generator().manual_seed(args.seed)
     kwargs = {
@@ -132,7 +143,7 @@ def cmd_convert(args) -> int:
         )
     if dst.exists() and any(dst.iterdir()) and not args.overwrite:
         raise SystemExit(f"error: DST {str(dst)!r} exists and is not empty; pass --overwrite or choose another DST.")
-    pipe = StableAudio3Pipeline.from_pretrained(str(src))
+    pipe = _load_pipeline(StableAudio3Pipeline, str(src), "SRC")
     # Write into a temporary sibling folder and swap it in only when complete.
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
