@@ -116,9 +116,11 @@ def load_pipeline(impl: str, variant: str, dtype: str):
         tensors = {k: v.clone() for k, v in load_file(paths[name]).items()}
         sa3_builders.assign_tensors_(module, tensors).eval()
     if impl == "upstream":
+        # Upstream runs its whole pipeline in the prompt embeddings' dtype, so its (same) T5Gemma weights run in the
+        # models' fp32; ours runs T5Gemma in its checkpoint dtype (bf16), as the official code.
         pipe = UpstreamPipeline(
             vae=vae,
-            text_encoder=text_encoder,
+            text_encoder=text_encoder.to(torch.float32),
             tokenizer=tokenizer,
             duration_embedder=duration_embedder,
             transformer=transformer,

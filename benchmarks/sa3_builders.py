@@ -13,6 +13,7 @@ outputs are not trivial), then converted to ours:
   12 heads, GeGLU 2048, vocabulary 256000), random weights, bf16 as the released checkpoint; the fixture tokenizer.
 """
 
+import copy
 import math
 import os
 from typing import Dict, Optional
@@ -227,9 +228,12 @@ def build_pipelines(variant: str = "small", seed: int = 0, build_upstream: bool 
     ours.set_progress_bar_config(disable=True)
     upstream: Optional[object] = None
     if build_upstream:
+        # Upstream runs the whole pipeline in the text encoder's dtype (its prompt embeddings set the latents' dtype),
+        # so with fp32 models it needs an fp32 copy of the (same) bf16 T5Gemma weights.
+        upstream_text_encoder = copy.deepcopy(text_encoder).to(torch.float32)
         upstream = UpstreamPipeline(
             vae=up_vae,
-            text_encoder=text_encoder,
+            text_encoder=upstream_text_encoder,
             tokenizer=tokenizer,
             duration_embedder=duration_embedder,
             transformer=up_transformer,

@@ -334,6 +334,7 @@ def inpaint_pipe():
         ({"inpaint_regions": [(-0.1, 0.2)]}, "outside the clip"),
         ({"inpaint_regions": [(0.1, 0.3), (0.2, 0.4)]}, "overlap"),
         ({"audio": np.zeros((2, 0), dtype=np.float32)}, "`audio` is empty"),
+        ({"audio": np.zeros((0, 2), dtype=np.float32)}, "`audio` is empty"),  # soundfile layout, no frames
         ({"audio": np.zeros((2, 3, 4, 5), dtype=np.float32)}, "`audio` must have shape"),
         ({"audio": None}, "Pass `audio`"),
         ({"inpaint_regions": None, "duration": 0.5}, "nothing would be regenerated"),

@@ -79,7 +79,7 @@ def audio_to_tensor(audio: AudioLike, name: str = "audio") -> torch.Tensor:
             f"`{name}` has {audio.shape[0]} channels (shape {tuple(audio.shape)}); pass (channels, samples) with at "
             "most 8 channels."
         )
-    if audio.shape[-1] == 0:
+    if audio.shape[0] == 0 or audio.shape[-1] == 0:
         raise ValueError(f"`{name}` is empty (shape {tuple(audio.shape)}); pass at least one sample.")
     if not torch.isfinite(audio).all():
         raise ValueError(f"`{name}` contains NaN or infinite samples; clean the clip first.")
