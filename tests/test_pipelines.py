@@ -404,3 +404,14 @@ def test_cli_unloadable_model_is_a_message_and_writes_nothing(tmp_path):
         main(["convert", str(official), str(tmp_path / "converted")])
     assert not (tmp_path / "converted").exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".converted")] == []
+
+
+def test_pipeline_chunked_decode_matches_unchunked(small_pipe):
+    """14 s is more than one 128-frame decode window, so `chunked_decode=True` really splices windows."""
+    kwargs = {"duration": 14.0, "num_inference_steps": 1, "add_decode_noise": False, "output_type": "pt"}
+    latents = small_pipe("rain", generator=torch.Generator().manual_seed(0), **{**kwargs, "output_type": "latent"})
+    assert latents.audios.shape[-1] > 128
+    chunked = small_pipe("rain", generator=torch.Generator().manual_seed(0), chunked_decode=True, **kwargs).audios
+    full = small_pipe("rain", generator=torch.Generator().manual_seed(0), chunked_decode=False, **kwargs).audios
+    assert chunked.shape == full.shape == (1, 2, 14 * 44100)
+    torch.testing.assert_close(chunked, full, rtol=0, atol=1e-5 * full.abs().max().item())
