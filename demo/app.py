@@ -109,17 +109,22 @@ def parse_regions(text: str) -> List[Tuple[float, float]]:
     return regions
 
 
+def _whole_number(value) -> Optional[int]:
+    """`value` as an int if it is a finite whole number (a UI field may send a float or text), else `None`."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return int(number) if math.isfinite(number) and number.is_integer() else None
+
+
 def resolve_seed(seed, randomize: bool) -> int:
     if randomize:
         return secrets.randbelow(MAX_SEED)
-    try:
-        ok = seed is not None and math.isfinite(float(seed)) and float(seed) == int(float(seed))
-        ok = ok and 0 <= int(float(seed)) <= MAX_SEED
-    except (TypeError, ValueError, OverflowError):
-        ok = False
-    if not ok:
+    value = _whole_number(seed)
+    if value is None or not 0 <= value <= MAX_SEED:
         raise UserError(f"The seed must be an integer between 0 and {MAX_SEED}, got {seed!r}.")
-    return int(float(seed))
+    return value
 
 
 def check_prompt(prompt: Optional[str]) -> str:
@@ -129,14 +134,10 @@ def check_prompt(prompt: Optional[str]) -> str:
 
 
 def check_count(value, name: str, low: int, high: int) -> int:
-    try:
-        ok = value is not None and math.isfinite(float(value)) and float(value) == int(float(value))
-        ok = ok and low <= int(float(value)) <= high
-    except (TypeError, ValueError, OverflowError):
-        ok = False
-    if not ok:
+    number = _whole_number(value)
+    if number is None or not low <= number <= high:
         raise UserError(f"{name} must be an integer from {low} to {high}, got {value!r}.")
-    return int(float(value))
+    return number
 
 
 def progress_callback(progress: gr.Progress, total: int, desc: str):

@@ -45,8 +45,7 @@ from diffusers_sa3.loaders.lora import LORA_WEIGHT_NAME
 from diffusers_sa3.training.checkpointing import (
     check_output_dir,
     checkpoint_dirs,
-    checkpoint_step,
-    resolve_resume_checkpoint,
+    resume_training_state,
 )
 from diffusers_sa3.training.flow_data import (
     CaptionedAudioDataset,
@@ -435,14 +434,7 @@ def main(args):
         accelerator.init_trackers("train_flow", config=config)
 
     # 8. Resume.
-    global_step = 0
-    path = resolve_resume_checkpoint(args.output_dir, args.resume_from_checkpoint)
-    if path is None and args.resume_from_checkpoint:
-        logger.info(f"No checkpoint in {args.output_dir!r} yet; starting a new run.")
-    elif path is not None:
-        logger.info(f"Resuming from {path}")
-        accelerator.load_state(path)
-        global_step = checkpoint_step(path)
+    global_step = resume_training_state(accelerator, args.output_dir, args.resume_from_checkpoint, logger)
     first_epoch = global_step // updates_per_epoch
     skip_batches = (global_step % updates_per_epoch) * args.gradient_accumulation_steps
     loss_log = None

@@ -31,11 +31,8 @@ def check_output_dir(output_dir: str, overwrite_output_dir: bool, resume_from_ch
     missing or empty, `overwrite_output_dir` is set, or `resume_from_checkpoint` names a checkpoint that exists
     (`"latest"`: one in `output_dir`).
     """
-    if resume_from_checkpoint not in (None, "latest") and not os.path.isdir(resume_from_checkpoint):
-        raise ValueError(
-            f"`--resume_from_checkpoint` {resume_from_checkpoint!r} is not a folder; pass an existing `checkpoint-N` "
-            "folder, or `latest` to continue the newest checkpoint in `--output_dir`."
-        )
+    if resume_from_checkpoint not in (None, "latest"):
+        _require_checkpoint_folder(resume_from_checkpoint)
     if not os.path.isdir(output_dir) or not os.listdir(output_dir) or overwrite_output_dir:
         return
     if resume_from_checkpoint is None:
@@ -61,12 +58,31 @@ def resolve_resume_checkpoint(output_dir: str, resume_from_checkpoint: Optional[
     if resume_from_checkpoint == "latest":
         found = checkpoint_dirs(output_dir)
         return os.path.join(output_dir, found[-1]) if found else None
-    if not os.path.isdir(resume_from_checkpoint):
-        raise ValueError(
-            f"`--resume_from_checkpoint` {resume_from_checkpoint!r} is not a folder; pass an existing `checkpoint-N` "
-            "folder, or `latest` to continue the newest checkpoint in `--output_dir`."
-        )
+    _require_checkpoint_folder(resume_from_checkpoint)
     return resume_from_checkpoint
+
+
+def resume_training_state(accelerator, output_dir: str, resume_from_checkpoint: Optional[str], logger) -> int:
+    """
+    Loads the accelerate state to resume from (see [`resolve_resume_checkpoint`]) and returns its step, or 0 for a
+    new run.
+    """
+    path = resolve_resume_checkpoint(output_dir, resume_from_checkpoint)
+    if path is None:
+        if resume_from_checkpoint:
+            logger.info(f"No checkpoint in {output_dir!r} yet; starting a new run.")
+        return 0
+    logger.info(f"Resuming from {path}")
+    accelerator.load_state(path)
+    return checkpoint_step(path)
+
+
+def _require_checkpoint_folder(path: str) -> None:
+    if not os.path.isdir(path):
+        raise ValueError(
+            f"`--resume_from_checkpoint` {path!r} is not a folder; pass an existing `checkpoint-N` folder, or "
+            "`latest` to continue the newest checkpoint in `--output_dir`."
+        )
 
 
 def checkpoint_step(path: str) -> int:

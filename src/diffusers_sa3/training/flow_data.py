@@ -178,13 +178,14 @@ class CaptionedAudioDataset(Dataset):
         for attempt in range(len(self.paths)):
             item = (index + attempt) % len(self.paths)
             path = self.paths[item]
+            if path in self.decode_failures:  # known bad: not read again every epoch
+                continue
             try:
                 return self._read(item)
             except Exception as error:
-                if path not in self.decode_failures:
-                    self.decode_failures.append(path)
-                    self.skipped_files.append(f"{path} (failed to decode: {error})")
-                    logger.warning(f"Skipping `{path}`, which failed to decode: {error}")
+                self.decode_failures.append(path)
+                self.skipped_files.append(f"{path} (failed to decode: {error})")
+                logger.warning(f"Skipping `{path}`, which failed to decode: {error}")
         raise RuntimeError(f"No file of `root`={self.root!r} decodes; see the warnings above for each failure.")
 
     def _read(self, index: int) -> Dict[str, Union[torch.Tensor, str, int, float]]:
