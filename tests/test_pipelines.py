@@ -415,3 +415,46 @@ def test_pipeline_chunked_decode_matches_unchunked(small_pipe):
     full = small_pipe("rain", generator=torch.Generator().manual_seed(0), chunked_decode=False, **kwargs).audios
     assert chunked.shape == full.shape == (1, 2, 14 * 44100)
     torch.testing.assert_close(chunked, full, rtol=0, atol=1e-5 * full.abs().max().item())
+
+
+def test_bf16_models_keep_a_float32_sampling_state():
+    """A bf16 transformer gets the float32 run's initial noise (cast) and the sampling state, guidance and scheduler
+    steps stay float32; a bf16 SAME decodes the same latents with the float32 run's decode noise."""
+    reference_pipe, pipe = _official_pipe(SMALL_CKPT), _official_pipe(SMALL_CKPT)
+    pipe.transformer.to(torch.bfloat16)
+    kwargs = {"prompt": "rain on a tin roof", "duration": 1.0, "num_inference_steps": 4}
+    inputs = {"reference": [], "bf16": []}
+    for name, p in (("reference", reference_pipe), ("bf16", pipe)):
+        p.transformer.register_forward_pre_hook(lambda m, args, name=name: inputs[name].append(args[0].clone()))
+    dtypes = []
+
+    def callback(p, i, t, callback_kwargs):
+        dtypes.append(callback_kwargs["latents"].dtype)
+        return callback_kwargs
+
+    reference = reference_pipe(**kwargs, generator=torch.Generator().manual_seed(0), output_type="latent").audios
+    latents = pipe(
+        **kwargs, generator=torch.Generator().manual_seed(0), output_type="latent", callback_on_step_end=callback
+    ).audios
+    assert dtypes == [torch.float32] * 4 and latents.dtype == torch.float32
+    assert inputs["bf16"][0].dtype == torch.bfloat16
+    assert torch.equal(inputs["bf16"][0], inputs["reference"][0].to(torch.bfloat16))
+    # The tiny random DiT amplifies rounding over the steps; the first step is still close.
+    first_step_error = (inputs["bf16"][1].float() - inputs["reference"][1]).norm() / inputs["reference"][1].norm()
+    assert first_step_error < 2e-2
+
+    frames = [reference.shape[-1]]
+    audio_fp32 = reference_pipe.decode_latents(
+        reference, frames, frames, [1.0], torch.Generator().manual_seed(1), True, False
+    )
+    draws_fp32 = reference_pipe.vae._draw_decode_noise(reference, torch.Generator().manual_seed(1))
+    reference_pipe.vae.to(torch.bfloat16)
+    draws_bf16 = reference_pipe.vae._draw_decode_noise(reference.bfloat16(), torch.Generator().manual_seed(1))
+    assert all(torch.equal(a, b) for a, b in zip(draws_fp32, draws_bf16))
+    audio_bf16 = reference_pipe.decode_latents(
+        reference, frames, frames, [1.0], torch.Generator().manual_seed(1), True, False
+    )
+    reference_pipe.vae.to(torch.float32)
+    snr_db = 10 * torch.log10(audio_fp32[0].pow(2).sum() / (audio_bf16[0] - audio_fp32[0]).pow(2).sum())
+    # Measured about 30 dB on this tiny SAME.
+    assert snr_db > 20, f"bf16 decode SNR against float32 {snr_db:.1f} dB"

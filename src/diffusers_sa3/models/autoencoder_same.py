@@ -710,20 +710,20 @@ class SAMEAutoencoderModel(ModelMixin, ConfigMixin):
     ) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
         """
         The official decode-time draws for `latents`, in the official order: the bottleneck draw (shape of the
-        latents), then the decoder's new-token draw `(batch, padded_frames, resampling_stride, width)`.
+        latents), then the decoder's new-token draw `(batch, padded_frames, resampling_stride, width)`; float32 for
+        half-precision latents.
         """
         batch = latents.shape[0]
         frames = self.decoder.resampler.padded_length(latents.shape[-1])
         dim = self.config.num_attention_heads * self.config.attention_head_dim
+        # Drawn in float32 at least, so a bf16 / fp16 model draws the same noise as a float32 one.
+        dtype = torch.promote_types(latents.dtype, torch.float32)
         bottleneck_noise = decoder_noise = None
         if self.config.bottleneck_noise:
-            bottleneck_noise = randn_tensor(latents.shape, generator, device=latents.device, dtype=latents.dtype)
+            bottleneck_noise = randn_tensor(latents.shape, generator, device=latents.device, dtype=dtype)
         if self.config.decoder_mask_noise > 0:
             decoder_noise = randn_tensor(
-                (batch, frames, self.config.resampling_stride, dim),
-                generator,
-                device=latents.device,
-                dtype=latents.dtype,
+                (batch, frames, self.config.resampling_stride, dim), generator, device=latents.device, dtype=dtype
             )
         return bottleneck_noise, decoder_noise
 

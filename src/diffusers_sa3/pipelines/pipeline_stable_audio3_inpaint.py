@@ -237,6 +237,9 @@ class StableAudio3InpaintPipeline(DiffusionPipeline, StableAudio3LoraLoaderMixin
         if bool(model_attention_mask.all()):
             model_attention_mask = None
         valid_mask = attention_mask
+        # A half-precision transformer sees its inputs in its dtype; the sampling state, guidance and scheduler steps
+        # stay in the latents' dtype (float32), so rounding does not accumulate over the steps.
+        model_dtype = self.transformer.dtype
 
         timesteps = self.scheduler.timesteps
         self._num_timesteps = len(timesteps)
@@ -246,7 +249,7 @@ class StableAudio3InpaintPipeline(DiffusionPipeline, StableAudio3LoraLoaderMixin
                 t_batch = t.expand(batch_size).to(latents.dtype)
                 model_input = torch.cat([latents, latents]) if do_cfg else latents
                 velocity = self.transformer(
-                    model_input,
+                    model_input.to(model_dtype),
                     torch.cat([t_batch, t_batch]) if do_cfg else t_batch,
                     inpaint_mask=model_inpaint_mask,
                     inpaint_latents=model_inpaint_latents,
@@ -254,7 +257,7 @@ class StableAudio3InpaintPipeline(DiffusionPipeline, StableAudio3LoraLoaderMixin
                     cross_attention_context=model_context,
                     global_condition=model_global,
                     return_dict=False,
-                )[0]
+                )[0].to(latents.dtype)
                 if do_cfg:
                     velocity_cond, velocity_uncond = velocity.chunk(2)
                     velocity = apply_guidance(
@@ -573,7 +576,9 @@ class StableAudio3InpaintPipeline(DiffusionPipeline, StableAudio3LoraLoaderMixin
         )
 
         # 4. Initial noise (drawn before the clips are encoded, as official)
-        dtype = self.transformer.dtype
+        # The sampling state is float32 (at least): with a bf16 / fp16 transformer the same seed draws the same
+        # noise as in float32, and only the transformer's inputs are cast.
+        dtype = torch.promote_types(self.transformer.dtype, torch.float32)
         latents = self.prepare_latents(
             batch_size,
             self.transformer.config.in_channels,
