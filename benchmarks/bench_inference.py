@@ -174,9 +174,7 @@ def _dit_call(pipe, impl, frames, variant):
     cache = transformer.cache_context()
     cache.__enter__()  # the sampling loop's steady state: the context keys/values are cached across steps
     return lambda: (
-        transformer(
-            latents, timestep.to(dtype), cross_attention_context=context, global_condition=global_condition
-        ).sample
+        transformer(latents, timestep, cross_attention_context=context, global_condition=global_condition).sample
     )
 
 

@@ -164,3 +164,22 @@ def test_broadcast_local_condition_matches_explicit_rows():
         explicit = model(**model_inputs).sample
     assert torch.allclose(per_row, once.expand_as(per_row), rtol=1e-6, atol=1e-7)
     assert torch.equal(broadcast, explicit)
+
+
+def test_bf16_transformer_keeps_a_float32_residual_stream():
+    """A bf16 transformer adds its bf16 branch outputs to a float32 residual stream and takes a float32 timestep into
+    its Fourier features (a bf16 t would shift the 10 kHz features by whole turns); its output stays near fp32.
+    With a bf16 residual stream the full-size random DiT drifted 1.6x as far (1.9e-2 vs 1.2e-2 at 64 frames)."""
+    model = _model()
+    inputs = _inputs()
+    with torch.no_grad():
+        reference = model(**inputs).sample
+        model.to(torch.bfloat16)
+        block_dtypes = []
+        for block in model.transformer_blocks:
+            block.register_forward_hook(lambda module, args, output: block_dtypes.append(output.dtype))
+        half_inputs = {k: v if k == "timestep" else v.bfloat16() for k, v in inputs.items()}
+        output = model(**half_inputs).sample.float()
+    assert block_dtypes[: len(model.transformer_blocks)] == [torch.float32] * len(model.transformer_blocks)
+    error = ((output - reference).norm() / reference.norm()).item()
+    assert error < 2e-2, error
