@@ -941,7 +941,7 @@ class StableAudio3Transformer(ModelMixin, ConfigMixin, AttentionMixin, PeftAdapt
         hidden_states = self.proj_in(hidden_states.transpose(1, 2))
         memory_tokens = self.memory_tokens.unsqueeze(0).expand(batch_size, -1, -1)
         # The residual stream is float32 at least: a bf16 model's blocks add their (bf16) branch outputs to float32
-        # sums, which keeps its error near one bf16 rounding of the branch outputs (1e-2 -> 4e-3 at 30 s, measured).
+        # sums (full-size random small DiT, 64 frames: relative error 1.9e-2 with a bf16 stream, 1.2e-2 with this).
         hidden_states = torch.cat([memory_tokens, hidden_states], dim=1)
         hidden_states = hidden_states.to(torch.promote_types(hidden_states.dtype, torch.float32))
         rotary_emb = self.rotary_pos_emb(hidden_states.shape[1], hidden_states.device)

@@ -347,9 +347,6 @@ class StableAudio3Pipeline(DiffusionPipeline, StableAudio3LoraLoaderMixin):
         if bool(model_attention_mask.all()):
             model_attention_mask = None
         valid_mask = attention_mask
-        # A half-precision transformer sees its inputs in its dtype; the sampling state, guidance and scheduler steps
-        # stay in the latents' dtype (float32), so rounding does not accumulate over the steps.
-        model_dtype = self.transformer.dtype
 
         timesteps = self.scheduler.timesteps
         self._num_timesteps = len(timesteps)
@@ -358,8 +355,9 @@ class StableAudio3Pipeline(DiffusionPipeline, StableAudio3LoraLoaderMixin):
             for i, t in enumerate(timesteps):
                 t_batch = t.expand(batch_size).to(latents.dtype)
                 model_input = torch.cat([latents, latents]) if do_cfg else latents
+                # A half-precision transformer casts its inputs itself; the sampling state stays float32.
                 velocity = self.transformer(
-                    model_input.to(model_dtype),
+                    model_input,
                     torch.cat([t_batch, t_batch]) if do_cfg else t_batch,
                     inpaint_mask=model_inpaint_mask,
                     inpaint_latents=model_inpaint_latents,
