@@ -35,6 +35,7 @@ SMALL_CASES = [
     "pipe_30_8",
     "decode_120",
     "rss_120",
+    "rss_120_embeds",
     "dit_10",
     "dit_120",
     "decode_10",
@@ -44,7 +45,7 @@ SMALL_CASES = [
 QUICK_CASES = ["dit_30", "decode_30", "pipe_30_8"]
 MEDIUM_CASES = ["medium_dit_10", "medium_pipe_10_8"]
 MIXED_CASES = ["mixed_batch"]
-OURS_ONLY = {"rss_120", "mixed_batch", "accuracy"}
+OURS_ONLY = {"rss_120", "rss_120_embeds", "mixed_batch", "accuracy"}
 SLOW_UPSTREAM = {"decode_120"}
 
 
@@ -209,15 +210,24 @@ def make_case(case: str, pipe, impl: str, variant: str):
         audio = 0.1 * torch.randn(1, 2, int(seconds * SAMPLING_RATE), generator=torch.Generator().manual_seed(0))
         audio = audio.to(pipe.vae.dtype)
         return (lambda: pipe.vae.encode(audio).latents), info
-    if case.startswith("pipe") or case.startswith("medium_pipe") or case == "rss_120":
-        if case == "rss_120":
+    if case.startswith("pipe") or case.startswith("medium_pipe") or case.startswith("rss_120"):
+        if case.startswith("rss_120"):
             seconds, steps = 120.0, 2
         else:
             seconds, steps = float(parts[-2]), int(parts[-1])
+        prompt = {"prompt": PROMPT}
+        if case == "rss_120_embeds":
+            # The prompt encoded once, then the text encoder dropped: generation from `prompt_embeds` (same audio).
+            import gc
+
+            embeds, mask = pipe.encode_prompt(PROMPT)
+            prompt = {"prompt_embeds": embeds, "attention_mask": mask}
+            pipe.text_encoder = None
+            gc.collect()
 
         def run(num_inference_steps=steps):
             return pipe(
-                PROMPT,
+                **prompt,
                 duration=seconds,
                 num_inference_steps=num_inference_steps,
                 generator=torch.Generator().manual_seed(0),

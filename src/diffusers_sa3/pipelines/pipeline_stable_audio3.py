@@ -19,6 +19,7 @@ from ..schedulers.scheduling_pingpong_adversarial import PingPongAdversarialSche
 from .audio_utils import latent_frames_for_duration, valid_latent_frames
 from .guidance import apply_guidance
 from .loading import load_pipeline_components
+from .prompt_inputs import PromptBatch, parse_prompts
 
 
 logger = logging.get_logger(__name__)
@@ -45,6 +46,8 @@ class StableAudio3Pipeline(DiffusionPipeline, StableAudio3LoraLoaderMixin):
     """
 
     model_cpu_offload_seq = "text_encoder->transformer->vae"
+    # Without them the pipeline generates from precomputed `prompt_embeds` (see `encode_prompt`).
+    _optional_components = ["text_encoder", "tokenizer"]
     _callback_tensor_inputs = ["latents"]
 
     def __init__(
@@ -121,14 +124,23 @@ class StableAudio3Pipeline(DiffusionPipeline, StableAudio3LoraLoaderMixin):
 
     def encode_prompt(
         self,
-        prompt: List[str],
-        device: torch.device,
+        prompt: Union[str, List[str]],
+        device: Optional[torch.device] = None,
     ):
         """Tokenizes exactly as the official conditioner (`padding="max_length"`, truncation) and runs T5Gemma.
 
         Returns `(last_hidden_state (B, L, C) in float32, attention_mask (B, L))`. The encoder runs in its own dtype;
-        its bf16 output converts to float32 exactly, as the official `torch.where` with the fp32 padding does.
+        its bf16 output converts to float32 exactly, as the official `torch.where` with the fp32 padding does. Pass
+        them to the pipeline as `prompt_embeds` / `attention_mask` to generate without the text encoder: e.g. encode
+        once, then drop it with `pipe.text_encoder = None` to save its memory.
         """
+        if self.text_encoder is None or self.tokenizer is None:
+            raise ValueError(
+                "`encode_prompt` needs the text encoder and tokenizer, but this pipeline has `text_encoder` / "
+                "`tokenizer` None; load the pipeline with them."
+            )
+        prompt = [prompt] if isinstance(prompt, str) else list(prompt)
+        device = self._execution_device if device is None else device
         text_inputs = self.tokenizer(
             prompt,
             truncation=True,
@@ -143,10 +155,22 @@ class StableAudio3Pipeline(DiffusionPipeline, StableAudio3LoraLoaderMixin):
             hidden_states = self.text_encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         return hidden_states.to(device=device, dtype=torch.float32), attention_mask.to(device)
 
-    def encode_conditioning(self, prompt, negative_prompt, durations, device, do_classifier_free_guidance):
+    def _prompt_states(self, prompts: PromptBatch, device):
+        if prompts.texts is not None:
+            return self.encode_prompt(prompts.texts, device)
+        return prompts.embeds.to(device=device, dtype=torch.float32), prompts.mask.to(device)
+
+    def encode_conditioning(
+        self,
+        prompts: PromptBatch,
+        negative_prompts: Optional[PromptBatch],
+        durations,
+        device,
+        do_classifier_free_guidance,
+    ):
         """Conditional context and global condition, plus the unconditional (or negative) context for guidance."""
         duration_tensor = torch.tensor(durations, dtype=torch.float32, device=device)
-        hidden_states, attention_mask = self.encode_prompt(prompt, device)
+        hidden_states, attention_mask = self._prompt_states(prompts, device)
         # `encode_conditioning` is not `forward`, so run the transformer's accelerate hook (model CPU offload) first:
         # it moves the transformer, and its conditioning parameters, to the execution device.
         hook = getattr(self.transformer, "_hf_hook", None)
@@ -157,12 +181,12 @@ class StableAudio3Pipeline(DiffusionPipeline, StableAudio3LoraLoaderMixin):
         )
         uncond_context = None
         if do_classifier_free_guidance:
-            if negative_prompt is None:
+            if negative_prompts is None:
                 # Official uncond branch: the whole context (prompt tokens, pads and seconds token) set to zeros.
                 uncond_context = torch.zeros_like(context)
             else:
                 # Official negative branch: masked negative tokens become 0 instead of the learned padding.
-                neg_hidden, neg_mask = self.encode_prompt(negative_prompt, device)
+                neg_hidden, neg_mask = self._prompt_states(negative_prompts, device)
                 uncond_context, _ = self.transformer.encode_conditioning(
                     neg_hidden, neg_mask, duration_tensor, prompt_padding="zeros"
                 )
@@ -215,6 +239,10 @@ class StableAudio3Pipeline(DiffusionPipeline, StableAudio3LoraLoaderMixin):
         prompt,
         duration,
         negative_prompt,
+        prompt_embeds,
+        attention_mask,
+        negative_prompt_embeds,
+        negative_attention_mask,
         num_inference_steps,
         guidance_scale,
         num_waveforms_per_prompt,
@@ -222,22 +250,25 @@ class StableAudio3Pipeline(DiffusionPipeline, StableAudio3LoraLoaderMixin):
         output_type,
         callback_on_step_end_tensor_inputs,
     ):
-        """Validates every argument before any work is done; returns `(prompts, durations, negative_prompts)`."""
-        if isinstance(prompt, str):
-            prompts = [prompt]
-        elif isinstance(prompt, (list, tuple)) and all(isinstance(p, str) for p in prompt):
-            prompts = list(prompt)
-        else:
-            raise ValueError(f"`prompt` must be a string or a list of strings, got {prompt!r}.")
-        if len(prompts) == 0:
-            raise ValueError("`prompt` is an empty list; pass at least one prompt.")
+        """Validates every argument before any work is done; returns `(prompts, durations, negative_prompts)`, the
+        prompts as [`PromptBatch`]es."""
+        prompts, negative_prompts = parse_prompts(
+            prompt,
+            prompt_embeds,
+            attention_mask,
+            negative_prompt,
+            negative_prompt_embeds,
+            negative_attention_mask,
+            has_text_encoder=self.text_encoder is not None and self.tokenizer is not None,
+            width=getattr(getattr(self.transformer, "config", None), "cross_attention_dim", None),
+        )
 
         if isinstance(duration, (list, tuple)):
             durations = list(duration)
             if len(durations) != len(prompts):
                 raise ValueError(
-                    f"`duration` has {len(durations)} values but `prompt` has {len(prompts)}; give one duration per "
-                    "prompt or a single number for all."
+                    f"`duration` has {len(durations)} values but there are {len(prompts)} prompts; give one duration "
+                    "per prompt or a single number for all."
                 )
         else:
             durations = [duration] * len(prompts)
@@ -255,20 +286,6 @@ class StableAudio3Pipeline(DiffusionPipeline, StableAudio3LoraLoaderMixin):
                     f"{self.max_duration:.2f} s (or generate in parts with the inpaint pipeline's continuation)."
                 )
         durations = [float(d) for d in durations]
-
-        negative_prompts = None
-        if negative_prompt is not None:
-            if isinstance(negative_prompt, str):
-                negative_prompts = [negative_prompt] * len(prompts)
-            elif isinstance(negative_prompt, (list, tuple)) and all(isinstance(p, str) for p in negative_prompt):
-                negative_prompts = list(negative_prompt)
-                if len(negative_prompts) != len(prompts):
-                    raise ValueError(
-                        f"`negative_prompt` has {len(negative_prompts)} entries but `prompt` has {len(prompts)}; give "
-                        "one negative prompt per prompt or a single string."
-                    )
-            else:
-                raise ValueError(f"`negative_prompt` must be a string or a list of strings, got {negative_prompt!r}.")
 
         if num_inference_steps is not None and (
             isinstance(num_inference_steps, bool)
@@ -467,6 +484,10 @@ class StableAudio3Pipeline(DiffusionPipeline, StableAudio3LoraLoaderMixin):
         callback_on_step_end_tensor_inputs: List[str] = ["latents"],
         add_decode_noise: bool = True,
         chunked_decode: Optional[bool] = None,
+        prompt_embeds: Optional[torch.Tensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        negative_prompt_embeds: Optional[torch.Tensor] = None,
+        negative_attention_mask: Optional[torch.Tensor] = None,
     ):
         r"""
         Generates audio from text.
@@ -491,6 +512,11 @@ class StableAudio3Pipeline(DiffusionPipeline, StableAudio3LoraLoaderMixin):
             callback_on_step_end_tensor_inputs (`List[str]`): tensors passed to the callback.
             add_decode_noise (`bool`, defaults to True): the official decode-time noise of SAME (from `generator`).
             chunked_decode (`bool`, *optional*): force chunked decoding on or off (default: the VAE config).
+            prompt_embeds (`torch.Tensor`, *optional*): T5Gemma states (batch, tokens, channels) instead of `prompt`,
+                from [`~StableAudio3Pipeline.encode_prompt`]; with `attention_mask` (batch, tokens), its second output.
+                They give exactly the audio of the text prompts, and need no text encoder in the pipeline.
+            negative_prompt_embeds, negative_attention_mask (`torch.Tensor`, *optional*): the same for the negative
+                prompt (a batch of 1 is used for every prompt).
 
         Returns:
             [`AudioPipelineOutput`] with `audios` of shape (batch, 2, samples), or a list of (2, samples_i) arrays when
@@ -501,6 +527,10 @@ class StableAudio3Pipeline(DiffusionPipeline, StableAudio3LoraLoaderMixin):
             prompt,
             duration,
             negative_prompt,
+            prompt_embeds,
+            attention_mask,
+            negative_prompt_embeds,
+            negative_attention_mask,
             num_inference_steps,
             guidance_scale,
             num_waveforms_per_prompt,
@@ -512,10 +542,10 @@ class StableAudio3Pipeline(DiffusionPipeline, StableAudio3LoraLoaderMixin):
         self._guidance_scale = float(guidance_scale if guidance_scale is not None else self.default_guidance_scale)
         device = self._execution_device
 
-        prompts = [p for p in prompts for _ in range(num_waveforms_per_prompt)]
+        prompts = prompts.repeat(num_waveforms_per_prompt)
         durations = [d for d in durations for _ in range(num_waveforms_per_prompt)]
         if negative_prompts is not None:
-            negative_prompts = [p for p in negative_prompts for _ in range(num_waveforms_per_prompt)]
+            negative_prompts = negative_prompts.repeat(num_waveforms_per_prompt)
         batch_size = len(prompts)
 
         # 2. Encode the prompt, the duration and the unconditional branch
@@ -529,9 +559,7 @@ class StableAudio3Pipeline(DiffusionPipeline, StableAudio3LoraLoaderMixin):
         valid_frames = valid_latent_frames(
             durations, self.sampling_rate, self.downsampling_ratio, num_frames, self.config.headroom_seconds
         )
-        attention_mask = (
-            torch.arange(num_frames, device=device)[None] < torch.tensor(valid_frames, device=device)[:, None]
-        )
+        frame_mask = torch.arange(num_frames, device=device)[None] < torch.tensor(valid_frames, device=device)[:, None]
 
         # 4. Prepare the initial noise
         # The sampling state is float32 (at least): with a bf16 / fp16 transformer the same seed draws the same
@@ -557,7 +585,7 @@ class StableAudio3Pipeline(DiffusionPipeline, StableAudio3LoraLoaderMixin):
             context.to(dtype),
             global_condition.to(dtype),
             None if uncond_context is None else uncond_context.to(dtype),
-            attention_mask,
+            frame_mask,
             None,
             None,
             self._guidance_scale,
