@@ -1,5 +1,7 @@
 """Tests of the tiny-model builders (`diffusers_sa3.training.tiny_components`)."""
 
+import math
+
 import pytest
 import torch
 from transformers import AutoTokenizer
@@ -201,3 +203,13 @@ def test_tiny_same_latents_depend_on_the_input_from_initialisation():
     # are uniform and cancel, so only the feed-forward path varies (measured spread 0.0016, 14x less).
     branches_only, _ = _latent_spread_and_dependence(build_tiny_same(new_token_std=0, **kwargs))
     assert branches_only < spread / 5, (branches_only, spread)
+
+
+def test_base_scheduler_counts_the_autoencoder_frames(tokenizer):
+    """A tiny SAME at 1024 samples per latent gets a flow scheduler that converts seconds with 1024, not 4096."""
+    vae = build_tiny_same(num_layers=1, patch_size=64, resampling_stride=16)
+    pipe = assemble_pipeline(
+        vae, build_tiny_transformer(num_layers=1), build_tiny_text_encoder(len(tokenizer)), tokenizer
+    )
+    assert vae.downsampling_ratio == 1024 and pipe.scheduler.config.downsampling_ratio == 1024
+    assert pipe.scheduler.effective_length([2.0]).tolist() == [math.ceil(2 * 44100 / 1024)]

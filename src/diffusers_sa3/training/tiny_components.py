@@ -294,7 +294,14 @@ def assemble_pipeline(
             f"{transformer.config.in_channels}; build them with the same latent width."
         )
     if scheduler is None:
-        scheduler = PingPongAdversarialScheduler() if post_trained else FlowMatchOTScheduler()
+        # The flow scheduler's lengths (timestep shift, silence augmentation) count this autoencoder's latent frames.
+        scheduler = (
+            PingPongAdversarialScheduler()
+            if post_trained
+            else FlowMatchOTScheduler(
+                sampling_rate=vae.config.sampling_rate, downsampling_ratio=vae.downsampling_ratio
+            )
+        )
     return StableAudio3Pipeline(
         vae=vae,
         transformer=transformer,
