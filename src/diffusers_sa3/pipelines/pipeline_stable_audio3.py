@@ -253,14 +253,13 @@ class StableAudio3Pipeline(DiffusionPipeline, StableAudio3LoraLoaderMixin):
         """Validates every argument before any work is done; returns `(prompts, durations, negative_prompts)`, the
         prompts as [`PromptBatch`]es."""
         prompts, negative_prompts = parse_prompts(
+            self,
             prompt,
             prompt_embeds,
             attention_mask,
             negative_prompt,
             negative_prompt_embeds,
             negative_attention_mask,
-            has_text_encoder=self.text_encoder is not None and self.tokenizer is not None,
-            width=getattr(getattr(self.transformer, "config", None), "cross_attention_dim", None),
         )
 
         if isinstance(duration, (list, tuple)):

@@ -387,14 +387,13 @@ class StableAudio3InpaintPipeline(DiffusionPipeline, StableAudio3LoraLoaderMixin
         """Validates every argument before any work; returns prompts, negatives ([`PromptBatch`]es), duration, regions
         and clip tensors."""
         prompts, negative_prompts = parse_prompts(
+            self,
             prompt,
             prompt_embeds,
             attention_mask,
             negative_prompt,
             negative_prompt_embeds,
             negative_attention_mask,
-            has_text_encoder=self.text_encoder is not None and self.tokenizer is not None,
-            width=getattr(getattr(self.transformer, "config", None), "cross_attention_dim", None),
         )
         if audio is None and init_audio is None:
             raise ValueError(

@@ -68,20 +68,22 @@ def _check_embeds(embeds, mask, embeds_name: str, mask_name: str, width: Optiona
 
 
 def parse_prompts(
+    pipeline,
     prompt: Optional[Union[str, List[str]]],
     prompt_embeds: Optional[torch.Tensor],
     attention_mask: Optional[torch.Tensor],
     negative_prompt: Optional[Union[str, List[str]]],
     negative_prompt_embeds: Optional[torch.Tensor],
     negative_attention_mask: Optional[torch.Tensor],
-    has_text_encoder: bool,
-    width: Optional[int],
 ):
     r"""
-    Validates the prompt arguments of a pipeline call; returns `(prompts, negative_prompts)` as [`PromptBatch`]es
-    (`negative_prompts` is `None` without a negative prompt). A single negative (string, or states of batch 1) is
-    used for every prompt.
+    Validates the prompt arguments of a call of `pipeline` (a Stable Audio 3 pipeline: text prompts need its text
+    encoder and tokenizer, states its transformer's `cross_attention_dim`); returns `(prompts, negative_prompts)` as
+    [`PromptBatch`]es (`negative_prompts` is `None` without a negative prompt). A single negative (string, or states
+    of batch 1) is used for every prompt.
     """
+    has_text_encoder = pipeline.text_encoder is not None and pipeline.tokenizer is not None
+    width = getattr(getattr(pipeline.transformer, "config", None), "cross_attention_dim", None)
     if prompt is not None and prompt_embeds is not None:
         raise ValueError("Pass either `prompt` (text) or `prompt_embeds` (text-encoder states), not both.")
     if prompt is None and prompt_embeds is None:
