@@ -15,6 +15,7 @@ from diffusers_sa3.training.autoencoder_losses import (
     discriminator_loss,
     feature_matching_loss,
     flow_matching_alignment_loss,
+    frame_level_loss,
     frame_regression_loss,
     generator_adversarial_loss,
     info_nce_loss,
@@ -80,6 +81,47 @@ def test_multi_resolution_stft_loss_matches_numpy_and_is_zero_for_perfect_recons
     # Without mid/side only the two input channels count.
     no_ms = multi_resolution_stft_loss(prediction, target, sizes, use_mid_side=False)
     assert abs(no_ms.item() - loss.item()) > 1e-3
+
+
+def _frame_levels_numpy(audio, frame, hop, floor_db):
+    samples = audio.shape[-1]
+    padding = (-(samples - frame) % hop) if samples > frame else frame - samples
+    padded = np.pad(audio, [(0, 0), (0, 0), (0, padding)])
+    starts = range(0, padded.shape[-1] - frame + 1, hop)
+    power = np.stack([np.mean(padded[..., s : s + frame] ** 2, axis=-1) for s in starts], axis=-1)
+    return 10 * np.log10(np.maximum(power, 10 ** (floor_db / 10)))
+
+
+def test_frame_level_loss_matches_numpy_and_measures_gain_and_balance():
+    rng = np.random.default_rng(0)
+    target = rng.standard_normal((2, 2, 5000)).astype(np.float32) * 0.1
+    target[1, :, 3000:] = 0.0  # a silent tail
+    prediction = (target * rng.uniform(0.2, 1.5, size=(2, 2, 1))).astype(np.float32)
+    prediction[0, 1, :1000] += 0.05
+    expected = (
+        np.mean(np.abs(_frame_levels_numpy(prediction, 1024, 256, -60) - _frame_levels_numpy(target, 1024, 256, -60)))
+        / 20
+    )
+    loss = frame_level_loss(torch.from_numpy(prediction), torch.from_numpy(target), 1024, 256)
+    assert abs(float(loss) - expected) < 1e-5
+
+    x = torch.from_numpy(target)
+    assert float(frame_level_loss(x, x)) == 0.0
+    # A uniform gain of 1/2 is 6.02 dB everywhere the clip sounds (the silent tail stays at the floor for both).
+    sounding = torch.randn(1, 2, 8192) * 0.1
+    assert abs(float(frame_level_loss(sounding / 2, sounding)) - 20 * math.log10(2) / 20) < 1e-4
+    # Swapping the channels of a panned clip costs its level difference; a mono copy costs half of it.
+    panned = torch.cat([sounding[:, :1], sounding[:, :1] / 4], dim=1)
+    swapped = panned.flip(1)
+    assert abs(float(frame_level_loss(swapped, panned)) - 20 * math.log10(4) / 20) < 1e-3
+    mono = panned.mean(1, keepdim=True).expand_as(panned)
+    assert 0.2 < float(frame_level_loss(mono, panned)) < 0.4
+    # Both silent: no loss and no gradient.
+    silence = torch.zeros(1, 2, 4096, requires_grad=True)
+    frame_level_loss(silence * 1.0, torch.zeros(1, 2, 4096)).backward()
+    assert float(silence.grad.abs().sum()) == 0.0
+    with pytest.raises(ValueError, match="same shape"):
+        frame_level_loss(x, x[..., :100])
 
 
 def test_mel_filterbank_by_hand():

@@ -11,7 +11,7 @@ Three modes (`--training_mode`):
 - `lora`: PEFT LoRA on every `nn.Linear` of the decoder; the result is a small `decoder_lora.safetensors`.
 
 Losses (all in one dict, each weighted by its `--lambda_*` flag; a loss with weight 0 is not computed):
-`ae/stft`, `ae/mel` (multi-resolution spectral, L/R/mid/side), `ae/kl` (official soft-norm regulariser),
+`ae/stft`, `ae/mel` (multi-resolution spectral, L/R/mid/side), `ae/level` (per-channel loudness envelope), `ae/kl` (official soft-norm regulariser),
 `adv/d_loss`, `adv/g_loss`, `adv/feat` (multi-resolution STFT discriminator, hinge or LSGAN, feature matching),
 `align/diffusion` (flow matching of a small denoiser head on the latents), `sem/chroma`, `sem/ild` (regression heads),
 `contrast/infonce` (two augmented views). Each step runs the discriminator step first, then the generator step.
@@ -52,6 +52,7 @@ from diffusers_sa3.training.autoencoder_losses import (
     discriminator_loss,
     feature_matching_loss,
     flow_matching_alignment_loss,
+    frame_level_loss,
     frame_regression_loss,
     generator_adversarial_loss,
     info_nce_loss,
@@ -73,6 +74,7 @@ logger = get_logger(__name__)
 LOSS_WEIGHT_FLAGS = {
     "ae/stft": "lambda_stft",
     "ae/mel": "lambda_mel",
+    "ae/level": "lambda_level",
     "ae/kl": "lambda_kl",
     "adv/g_loss": "lambda_adv",
     "adv/feat": "lambda_feat",
@@ -142,6 +144,9 @@ def parse_args(input_args=None):
     parser.add_argument("--lambda_feat", type=float, default=2.0, help="Weight of adv/feat (feature matching).")
     parser.add_argument("--lambda_ild", type=float, default=0.1, help="Weight of sem/ild (full mode).")
     parser.add_argument("--lambda_kl", type=float, default=1e-2, help="Weight of ae/kl, the soft-norm regulariser.")
+    parser.add_argument(
+        "--lambda_level", type=float, default=0.0, help="Weight of ae/level (per-channel loudness envelope, dB / 20)."
+    )
     parser.add_argument("--lambda_mel", type=float, default=1.0, help="Weight of ae/mel.")
     parser.add_argument("--lambda_stft", type=float, default=1.0, help="Weight of ae/stft.")
     parser.add_argument("--learning_rate", type=float, default=1e-4, help="Learning rate of the autoencoder.")
@@ -605,6 +610,8 @@ def main(args):
                     losses["ae/mel"] = multi_resolution_mel_loss(
                         reconstruction, audio, sample_rate, args.mel_fft_sizes, args.mel_bins
                     )
+                if weights["ae/level"]:
+                    losses["ae/level"] = frame_level_loss(reconstruction, audio)
                 if adversarial_on:
                     with accelerator.autocast(), frozen_parameters(raw_discriminator):
                         fake_outputs = raw_discriminator(reconstruction)

@@ -82,6 +82,40 @@ def multi_resolution_stft_loss(
     return torch.stack(losses).mean()
 
 
+def frame_level_loss(
+    prediction: torch.Tensor,
+    target: torch.Tensor,
+    frame_length: int = 2048,
+    hop_length: int = 512,
+    floor_db: float = -60.0,
+) -> torch.Tensor:
+    """
+    Per-channel loudness envelope loss: `mean |level(prediction) - level(target)| / 20` over channels and frames.
+
+    `level` is the RMS of each `frame_length`-sample frame (hop `hop_length`, zero padding at the end) of every input
+    channel in dB, floored at `floor_db` (-60 dB: where both clips are silent the loss is 0 and its gradient too). It is
+    measured on the channels themselves (L and R, not mid/side), so it pins what the spectral losses leave loose on
+    a small model: the output level, the level difference of the channels (stereo position) and where the sound ends.
+    The result is in decades (1 = 20 dB off everywhere); a perfect reconstruction gives exactly 0.
+    """
+    if prediction.shape != target.shape:
+        raise ValueError(
+            f"`prediction` and `target` must have the same shape, got {tuple(prediction.shape)} and "
+            f"{tuple(target.shape)}."
+        )
+    if prediction.ndim != 3:
+        raise ValueError(f"`prediction` must be (batch, channels, samples), got {tuple(prediction.shape)}.")
+    floor = 10.0 ** (floor_db / 10.0)  # in power
+
+    def level_db(audio):
+        samples = audio.shape[-1]
+        padding = (-(samples - frame_length) % hop_length) if samples > frame_length else frame_length - samples
+        frames = F.pad(audio.float(), (0, padding)).unfold(-1, frame_length, hop_length)
+        return 10.0 * frames.square().mean(-1).clamp(min=floor).log10()
+
+    return (level_db(prediction) - level_db(target)).abs().mean() / 20.0
+
+
 def hz_to_mel(frequency):
     """HTK mel scale `2595 log10(1 + f / 700)`."""
     return 2595.0 * math.log10(1.0 + frequency / 700.0)
