@@ -3,7 +3,8 @@
 #
 #   1. synthetic train set (NUM_TRAIN clips) and held-out set (NUM_HELDOUT clips);
 #   2. word tokenizer over the caption words + tiny frozen random T5Gemma encoder + tiny SAME + tiny DiT -> `init/`;
-#   3. train_autoencoder.py (full) -> `same/`; the pipeline rebuilt with the trained SAME -> `init_trained_same/`;
+#   3. train_autoencoder.py (full) -> `same/`, then decoder-only with the level loss -> `same_decoder/`; the pipeline
+#      rebuilt with that SAME -> `init_trained_same/`;
 #   4. pre_encode.py (latents + text states) -> `latents/`;
 #   5. train_flow.py (full, base) -> `base/`;
 #   6. train_distill.py -> `distilled/`;  7. train_adversarial.py (CLAP weight 0: no tiny CLAP exists) -> `post/`;
@@ -15,7 +16,7 @@
 # training stages pass `--resume_from_checkpoint latest`, so re-running the script resumes an interrupted run.
 #
 # Smoke run (minutes on CPU):
-#   RUN_DIR=/work/tiny_run/smoke NUM_TRAIN=16 NUM_HELDOUT=4 AE_STEPS=2 FLOW_STEPS=2 DISTILL_STEPS=2 ADV_STEPS=2 \
+#   RUN_DIR=/work/tiny_run/smoke NUM_TRAIN=16 NUM_HELDOUT=4 AE_STEPS=2 FLOW_STEPS=2 DISTILL_STEPS=2 ADV_STEPS=2 DEC_STEPS=2 \
 #       EVAL_PROMPTS=2 EVAL_BASE_STEPS=2 bash training_examples/make_tiny_model.sh
 # Real run:
 #   RUN_DIR=/work/tiny_run/real SHIP_DIR=pipelines/sa3-tiny bash training_examples/make_tiny_model.sh
@@ -32,7 +33,8 @@ TEXT_WIDTH=${TEXT_WIDTH:-64}
 LATENT_CHANNELS=${LATENT_CHANNELS:-32}
 SAME_HEADS=${SAME_HEADS:-4}            # width 4 x 32 = 128 = 2 channels x 64-sample patches
 SAME_PATCH=${SAME_PATCH:-64}
-SAME_STRIDE=${SAME_STRIDE:-64}         # 64 x 64 = 4096 samples per latent, as the released SAME
+SAME_STRIDE=${SAME_STRIDE:-16}         # 64 x 16 = 1024 samples per latent (the released SAME: 4096; at 4096 the
+                                       # tiny SAME showed no latent dependence by step 200, see training_examples/README)
 SAME_LAYERS=${SAME_LAYERS:-2}
 DIT_LAYERS=${DIT_LAYERS:-6}
 DIT_HEADS=${DIT_HEADS:-2}
@@ -44,6 +46,9 @@ AE_BATCH=${AE_BATCH:-8}
 AE_LR=${AE_LR:-1e-3}
 AE_ADV_START=${AE_ADV_START:-1000000}   # no adversarial phase by default: it needs far more steps than a CPU run
 AE_SEGMENT=${AE_SEGMENT:-1.0}
+AE_LAMBDA_ALIGN=${AE_LAMBDA_ALIGN:-0}
+DEC_STEPS=${DEC_STEPS:-400}             # decoder-only fine-tune (level loss) after the full SAME training
+DEC_LAMBDA_LEVEL=${DEC_LAMBDA_LEVEL:-2}   # the diffusion-alignment loss delays latent use past a CPU budget (README)
 FLOW_STEPS=${FLOW_STEPS:-1800}
 FLOW_BATCH=${FLOW_BATCH:-16}
 FLOW_LR=${FLOW_LR:-1e-3}
@@ -51,6 +56,7 @@ FLOW_WARMUP=${FLOW_WARMUP:-200}
 EMA_DECAY=${EMA_DECAY:-0.998}
 DISTILL_STEPS=${DISTILL_STEPS:-300}
 DISTILL_BATCH=${DISTILL_BATCH:-8}
+DISTILL_TEACHER_STEPS=${DISTILL_TEACHER_STEPS:-15}
 ADV_STEPS=${ADV_STEPS:-200}
 ADV_BATCH=${ADV_BATCH:-8}
 CHECKPOINT_EVERY=${CHECKPOINT_EVERY:-250}
@@ -75,14 +81,15 @@ stage() {
         return
     fi
     echo "[make_tiny_model] $name: $*"
-    local start=$SECONDS
+    # The wall time counts from the stage's first start, so a stage interrupted and resumed reports its whole time.
+    [[ -f "$RUN_DIR/$name.start" ]] || date +%s >"$RUN_DIR/$name.start"
     "$@" >>"$RUN_DIR/$name.log" 2>&1 || {
         echo "[make_tiny_model] $name failed; see $RUN_DIR/$name.log"
         exit 1
     }
     local command
     command=$(printf '%q ' "$@")
-    printf '%s\t%s\t%s\n' "$name" "$((SECONDS - start))" "${command% }" >>"$STAGES"
+    printf '%s\t%s\t%s\n' "$name" "$(($(date +%s) - $(cat "$RUN_DIR/$name.start")))" "${command% }" >>"$STAGES"
     touch "$RUN_DIR/$name.done"
 }
 
@@ -105,11 +112,21 @@ stage train_autoencoder "${LAUNCH[@]}" training_examples/train_autoencoder.py \
     --output_dir "$RUN_DIR/same" --training_mode full --max_train_steps "$AE_STEPS" --train_batch_size "$AE_BATCH" \
     --learning_rate "$AE_LR" --discriminator_learning_rate "$AE_LR" --adversarial_start_step "$AE_ADV_START" \
     --segment_seconds "$AE_SEGMENT" --stft_fft_sizes 2048 512 128 --mel_fft_sizes 2048 512 --mel_bins 80 40 \
-    --lambda_contrast 0 --checkpointing_steps "$CHECKPOINT_EVERY" --checkpoints_total_limit 2 \
+    --lambda_contrast 0 --lambda_align "$AE_LAMBDA_ALIGN" --checkpointing_steps "$CHECKPOINT_EVERY" --checkpoints_total_limit 2 \
     --validation_steps 0 --report_to none --seed "$SEED" --loss_log "$RUN_DIR/same_loss.jsonl" \
     --resume_from_checkpoint latest
+# Decoder-only fine-tune with the per-channel level loss: the spectral losses alone leave the tiny decoder's output
+# too quiet and nearly mono (training_examples/README); the encoder and so the latents stay exactly as trained.
+stage finetune_decoder "${LAUNCH[@]}" training_examples/train_autoencoder.py \
+    --pretrained_model_name_or_path "$RUN_DIR/same" --train_data_dir "$RUN_DIR/data/train" \
+    --output_dir "$RUN_DIR/same_decoder" --training_mode decoder_only --max_train_steps "$DEC_STEPS" \
+    --train_batch_size "$AE_BATCH" --learning_rate "$AE_LR" --adversarial_start_step "$AE_ADV_START" \
+    --segment_seconds "$AE_SEGMENT" --stft_fft_sizes 2048 512 128 --mel_fft_sizes 2048 512 --mel_bins 80 40 \
+    --lambda_level "$DEC_LAMBDA_LEVEL" --checkpointing_steps "$CHECKPOINT_EVERY" --checkpoints_total_limit 2 \
+    --validation_steps 0 --report_to none --seed "$SEED" --loss_log "$RUN_DIR/same_decoder_loss.jsonl" \
+    --resume_from_checkpoint latest
 stage build_trained_same python -m diffusers_sa3.training.tiny_components swap-vae --pipeline "$RUN_DIR/init" \
-    --vae "$RUN_DIR/same" --output_dir "$RUN_DIR/init_trained_same"
+    --vae "$RUN_DIR/same_decoder" --output_dir "$RUN_DIR/init_trained_same"
 
 # ----------------------------------------------------------------------------------------------- 4. latents
 stage pre_encode python training_examples/pre_encode.py --pretrained_model_name_or_path "$RUN_DIR/init_trained_same" \
@@ -129,6 +146,7 @@ stage train_distill "${LAUNCH[@]}" training_examples/train_distill.py \
     --pretrained_model_name_or_path "$RUN_DIR/base" --latent_data_path "$RUN_DIR/latents" \
     --trajectory_cache_dir "$RUN_DIR/trajectories" --output_dir "$RUN_DIR/distilled" \
     --max_train_steps "$DISTILL_STEPS" --train_batch_size "$DISTILL_BATCH" --learning_rate 1e-4 \
+    --num_teacher_steps "$DISTILL_TEACHER_STEPS" \
     --max_seconds 12 --checkpointing_steps "$CHECKPOINT_EVERY" --checkpoints_total_limit 2 --report_to none \
     --seed "$SEED" --loss_log "$RUN_DIR/distill_loss.jsonl" --resume_from_checkpoint latest
 stage train_adversarial "${LAUNCH[@]}" training_examples/train_adversarial.py \
@@ -146,7 +164,7 @@ stage evaluate python training_examples/evaluate.py --base "$RUN_DIR/base" --bas
 
 # ----------------------------------------------------------------------------------------------- 9. cards, shipping
 python - "$RUN_DIR" "$SHIP_DIR" <<'EOF'
-import json, os, platform, shutil, subprocess, sys
+import hashlib, json, os, platform, shutil, subprocess, sys
 
 import torch
 
@@ -161,10 +179,21 @@ else:
 evaluation = json.load(open(os.path.join(run, "eval.json")))
 
 
-def weights_mb(folder):
+def weight_files(folder):
     # The shipped files only: not the training checkpoints.
-    return sum(os.path.getsize(os.path.join(folder, d, f)) for d in ("vae", "transformer", "text_encoder")
-               for f in os.listdir(os.path.join(folder, d)) if f.endswith(".safetensors")) / 1e6
+    return [os.path.join(folder, d, f) for d in ("vae", "transformer", "text_encoder")
+            for f in os.listdir(os.path.join(folder, d)) if f.endswith(".safetensors")]
+
+
+def weights_mb(*folders):
+    # Distinct file contents only: base/ and the post-trained folder share the very same SAME and text encoder files,
+    # which git stores once.
+    contents = {}
+    for folder in folders:
+        for path in weight_files(folder):
+            with open(path, "rb") as f:
+                contents[hashlib.sha256(f.read()).hexdigest()] = os.path.getsize(path)
+    return sum(contents.values()) / 1e6
 
 
 def card(title, folder, sampling):
@@ -189,8 +218,8 @@ card("Stable Audio 3 tiny (base)", os.path.join(run, "base"),
 card("Stable Audio 3 tiny (post-trained)", os.path.join(run, "post"),
      "ping-pong, 8 steps (1 step works too), no guidance.")
 print(evaluation["table"])
-total = weights_mb(os.path.join(run, "base")) + weights_mb(os.path.join(run, "post"))
-print(f"[make_tiny_model] weights of base + post-trained: {total:.1f} MB")
+total = weights_mb(os.path.join(run, "base"), os.path.join(run, "post"))
+print(f"[make_tiny_model] weights of base + post-trained (distinct files): {total:.1f} MB")
 if ship:
     # Shipped whatever the evaluation reached (the model cards carry its table, targets included); only the size
     # budget of the repository is a hard limit.
