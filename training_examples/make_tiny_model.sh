@@ -26,7 +26,7 @@ set -euo pipefail
 RUN_DIR=${RUN_DIR:-/work/tiny_run/real}
 SHIP_DIR=${SHIP_DIR:-}                        # empty: never copy into the repo
 SEED=${SEED:-0}
-NUM_TRAIN=${NUM_TRAIN:-2000}
+NUM_TRAIN=${NUM_TRAIN:-800}
 NUM_HELDOUT=${NUM_HELDOUT:-200}
 # Model sizes (see diffusers_sa3.training.tiny_components).
 TEXT_WIDTH=${TEXT_WIDTH:-64}
@@ -40,27 +40,27 @@ DIT_LAYERS=${DIT_LAYERS:-6}
 DIT_HEADS=${DIT_HEADS:-2}
 MAX_TEXT_LENGTH=${MAX_TEXT_LENGTH:-32}
 # Step counts and batch sizes.
-# The defaults fit a 2-core CPU in about 100 minutes (see the model cards for the measured wall times).
-AE_STEPS=${AE_STEPS:-1300}
+# The defaults ran on a 2-core CPU in 7,510 s of stages (stop 13; training_examples/README.md has each stage).
+AE_STEPS=${AE_STEPS:-2000}
 AE_BATCH=${AE_BATCH:-8}
 AE_LR=${AE_LR:-1e-3}
 AE_ADV_START=${AE_ADV_START:-1000000}   # no adversarial phase by default: it needs far more steps than a CPU run
 AE_SEGMENT=${AE_SEGMENT:-1.0}
 AE_LAMBDA_ALIGN=${AE_LAMBDA_ALIGN:-0}
-DEC_STEPS=${DEC_STEPS:-400}             # decoder-only fine-tune (level loss) after the full SAME training
+DEC_STEPS=${DEC_STEPS:-300}             # decoder-only fine-tune (level loss) after the full SAME training
 DEC_LAMBDA_LEVEL=${DEC_LAMBDA_LEVEL:-2}   # the diffusion-alignment loss delays latent use past a CPU budget (README)
-FLOW_STEPS=${FLOW_STEPS:-1800}
+FLOW_STEPS=${FLOW_STEPS:-900}
 FLOW_BATCH=${FLOW_BATCH:-16}
 FLOW_LR=${FLOW_LR:-1e-3}
 FLOW_WARMUP=${FLOW_WARMUP:-200}
 EMA_DECAY=${EMA_DECAY:-0.998}
-DISTILL_STEPS=${DISTILL_STEPS:-300}
+DISTILL_STEPS=${DISTILL_STEPS:-150}
 DISTILL_BATCH=${DISTILL_BATCH:-8}
-DISTILL_TEACHER_STEPS=${DISTILL_TEACHER_STEPS:-15}
-ADV_STEPS=${ADV_STEPS:-200}
+DISTILL_TEACHER_STEPS=${DISTILL_TEACHER_STEPS:-10}
+ADV_STEPS=${ADV_STEPS:-100}
 ADV_BATCH=${ADV_BATCH:-8}
 CHECKPOINT_EVERY=${CHECKPOINT_EVERY:-250}
-EVAL_PROMPTS=${EVAL_PROMPTS:-40}
+EVAL_PROMPTS=${EVAL_PROMPTS:-24}
 EVAL_BASE_STEPS=${EVAL_BASE_STEPS:-50}
 if python -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then DEVICE_FLAGS=(); else
     DEVICE_FLAGS=(--cpu); fi
