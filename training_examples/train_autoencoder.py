@@ -11,10 +11,11 @@ Three modes (`--training_mode`):
 - `lora`: PEFT LoRA on every `nn.Linear` of the decoder; the result is a small `decoder_lora.safetensors`.
 
 Losses (all in one dict, each weighted by its `--lambda_*` flag; a loss with weight 0 is not computed):
-`ae/stft`, `ae/mel` (multi-resolution spectral, L/R/mid/side), `ae/level` (per-channel loudness envelope), `ae/kl` (official soft-norm regulariser),
-`adv/d_loss`, `adv/g_loss`, `adv/feat` (multi-resolution STFT discriminator, hinge or LSGAN, feature matching),
-`align/diffusion` (flow matching of a small denoiser head on the latents), `sem/chroma`, `sem/ild` (regression heads),
-`contrast/infonce` (two augmented views). Each step runs the discriminator step first, then the generator step.
+`ae/stft`, `ae/mel` (multi-resolution spectral, L/R/mid/side), `ae/level` (per-channel loudness envelope), `ae/kl`
+(official soft-norm regulariser), `adv/d_loss`, `adv/g_loss`, `adv/feat` (multi-resolution STFT discriminator, hinge
+or LSGAN, feature matching), `align/diffusion` (flow matching of a small denoiser head on the latents), `sem/chroma`,
+`sem/ild` (regression heads), `contrast/infonce` (two augmented views). Each step runs the discriminator step first,
+then the generator step.
 
 Example:
 
