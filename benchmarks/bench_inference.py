@@ -275,29 +275,51 @@ def measure_matmul() -> dict:
 
 
 def accuracy(variant: str) -> dict:
-    """bf16 against fp32 on the same inputs: DiT output relative error (30 s) and pipeline SNR (30 s, 8 steps)."""
+    """
+    bf16 against fp32 on the same inputs: DiT output relative error (30 s); for 30 s x 8 steps the SNR of the sampled
+    latents (bf16 DiT), of the audio with a bf16 DiT and an fp32 SAME, and of the audio all in bf16; the SNR of a bf16
+    SAME decode of the fp32 latents; and, for scale, how far the fp32 SAME itself moves when its input latents are
+    perturbed at -60 dB (random weights amplify small changes; trained weights are not available offline).
+    """
     import torch
+
+    def snr_db(reference, other):
+        return float(10 * torch.log10(reference.pow(2).sum() / (other - reference).pow(2).sum()))
+
+    def generate(output_type):
+        return pipe(
+            PROMPT,
+            duration=30.0,
+            num_inference_steps=8,
+            generator=torch.Generator().manual_seed(0),
+            output_type=output_type,
+        ).audios.float()
+
+    def decode(latents):
+        return pipe.vae.decode(latents.to(pipe.vae.dtype), generator=torch.Generator().manual_seed(0)).sample.float()
 
     out = {}
     pipe = load_pipeline("ours", variant, "fp32")
     with torch.inference_mode():
         fn = _dit_call(pipe, "ours", _frames(30.0), variant)
         reference_dit = fn().float()
-        reference_audio = pipe(
-            PROMPT, duration=30.0, num_inference_steps=8, generator=torch.Generator().manual_seed(0), output_type="pt"
-        ).audios.float()
+        reference_latents = generate("latent")
+        reference_audio = generate("pt")
+        reference_decode = decode(reference_latents)
+        noise = torch.randn(reference_latents.shape, generator=torch.Generator().manual_seed(1))
+        perturbed = reference_latents + 1e-3 * reference_latents.std() * noise
+        out["fp32_decode_sensitivity_snr_db"] = snr_db(reference_decode, decode(perturbed))
         pipe.transformer.to(torch.bfloat16)
-        pipe.vae.to(torch.bfloat16)
         fn = _dit_call(pipe, "ours", _frames(30.0), variant)
         dit = fn().float()
-        audio = pipe(
-            PROMPT, duration=30.0, num_inference_steps=8, generator=torch.Generator().manual_seed(0), output_type="pt"
-        ).audios.float()
+        out["latent_snr_db"] = snr_db(reference_latents, generate("latent"))
+        out["audio_snr_db_bf16_dit_fp32_same"] = snr_db(reference_audio, generate("pt"))
+        pipe.vae.to(torch.bfloat16)
+        out["decode_snr_db"] = snr_db(reference_decode, decode(reference_latents))
+        audio = generate("pt")
     out["dit_rel_err"] = float((dit - reference_dit).norm() / reference_dit.norm())
     out["dit_max_rel_err"] = float((dit - reference_dit).abs().max() / reference_dit.abs().max())
-    out["audio_snr_db"] = float(
-        10 * torch.log10(reference_audio.pow(2).sum() / (audio - reference_audio).pow(2).sum())
-    )
+    out["audio_snr_db"] = snr_db(reference_audio, audio)
     return out
 
 
@@ -432,8 +454,11 @@ def report(results, cases, args) -> None:
         acc = results["accuracy"]
         print(
             f"# bf16 accuracy vs fp32: DiT rel. error {acc.get('dit_rel_err', float('nan')):.2e} (max-abs rel. "
-            f"{acc.get('dit_max_rel_err', float('nan')):.2e}), pipeline 30 s x 8 steps audio SNR "
-            f"{acc.get('audio_snr_db', float('nan')):.1f} dB"
+            f"{acc.get('dit_max_rel_err', float('nan')):.2e}); 30 s x 8 steps: latent SNR "
+            f"{acc.get('latent_snr_db', float('nan')):.1f} dB, audio SNR {acc.get('audio_snr_db', float('nan')):.1f} dB "
+            f"(bf16 DiT + fp32 SAME: {acc.get('audio_snr_db_bf16_dit_fp32_same', float('nan')):.1f} dB); bf16 SAME "
+            f"decode of the same latents {acc.get('decode_snr_db', float('nan')):.1f} dB; fp32 SAME with its latents "
+            f"perturbed at -60 dB: {acc.get('fp32_decode_sensitivity_snr_db', float('nan')):.1f} dB"
         )
     header = "| case | ours (s) | upstream (s) | ours/upstream | ours GFLOP/s (% of matmul) | peak RSS ours / upstream (GB) |"
     print(header)

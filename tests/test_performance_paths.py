@@ -166,6 +166,53 @@ def test_broadcast_local_condition_matches_explicit_rows():
     assert torch.equal(broadcast, explicit)
 
 
+@pytest.mark.parametrize("valid_frames", [None, 5, 3])
+def test_broadcast_local_condition_embedded_once_for_a_single_sample(valid_frames, monkeypatch):
+    """A single sample's text-to-audio condition (a size-1 batch keeps its stride under `expand`) and a packed group's
+    are still embedded as one row per block, and the output equals the condition embedded frame by frame."""
+    import diffusers_sa3.models.transformer_stable_audio3 as transformer_module
+
+    model = _model()
+    inputs = _inputs(batch_size=1, frames=6)
+    if valid_frames is not None:
+        inputs["attention_mask"] = torch.arange(6)[None] < valid_frames
+    shapes = []
+    for block in model.transformer_blocks:
+        block.to_local_embed.register_forward_hook(lambda module, args, output: shapes.append(tuple(args[0].shape)))
+    with torch.no_grad():
+        broadcast = model(**inputs).sample
+        assert shapes == [(1, 1, TINY["in_channels"] + 1)] * len(model.transformer_blocks)
+        shapes.clear()
+        monkeypatch.setattr(transformer_module, "_is_broadcast_condition", lambda local_cond: False)
+        explicit = model(**inputs).sample
+        assert len(shapes) == len(model.transformer_blocks) and shapes[0][1] > 1  # every frame's row embedded
+    scale = explicit.abs().max()
+    assert (broadcast - explicit).abs().max() <= 1e-6 * scale
+
+
+def test_packed_group_rounded_to_the_pack_multiple_equals_alone(monkeypatch):
+    """A packed group runs on its valid frames rounded up to `_PACK_MULTIPLE` with the extra frames masked as keys:
+    the valid frames equal the sample run alone on exactly its valid frames, and the padding stays 0."""
+    import diffusers_sa3.models.transformer_stable_audio3 as transformer_module
+
+    model = _model()
+    inputs = _inputs(batch_size=1, frames=12)
+    mask = torch.arange(12)[None] < 9  # 9 valid frames -> run on 12 (multiple 8 -> 16, capped at 12)
+    run_lengths = []
+    original = model._run_blocks
+    monkeypatch.setattr(model, "_run_blocks", lambda h, *a: run_lengths.append(h.shape[-1]) or original(h, *a))
+    with torch.no_grad():
+        packed = model(**inputs, attention_mask=mask).sample
+        monkeypatch.setattr(transformer_module, "_PACK_MULTIPLE", 1)
+        exact = model(**inputs, attention_mask=mask).sample
+        alone = model(**{k: v[..., :9] if k == "hidden_states" else v for k, v in inputs.items()}).sample
+    assert run_lengths == [12, 9, 9]
+    scale = alone.abs().max()
+    assert (packed[..., :9] - alone).abs().max() <= 1e-5 * scale
+    assert (exact[..., :9] - alone).abs().max() <= 1e-5 * scale
+    assert (packed[..., 9:] == 0).all()
+
+
 def test_bf16_transformer_keeps_a_float32_residual_stream():
     """A bf16 transformer adds its bf16 branch outputs to a float32 residual stream and takes a float32 timestep into
     its Fourier features (a bf16 t would shift the 10 kHz features by whole turns); its output stays near fp32.
