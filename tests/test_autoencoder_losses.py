@@ -24,6 +24,7 @@ from diffusers_sa3.training.autoencoder_losses import (
     multi_resolution_mel_loss,
     multi_resolution_stft_loss,
     stft_magnitude,
+    waveform_l1_loss,
     with_mid_side,
 )
 from diffusers_sa3.training.discriminators import MultiResolutionSpectrogramDiscriminator
@@ -375,3 +376,24 @@ def test_augment_audio_bounds_and_determinism():
     # Each clip is scaled by one gain in [-6 dB, 0 dB] (the noise is 300 dB down).
     assert ratio.min() >= 10 ** (-6 / 20) - 1e-6 and ratio.max() <= 1 + 1e-6
     assert torch.allclose(ratio.amin(dim=(1, 2)), ratio.amax(dim=(1, 2)), rtol=1e-5)
+
+
+def test_waveform_l1_loss_matches_numpy_and_reads_gain_sign_and_channels():
+    rng = np.random.default_rng(1)
+    target = rng.standard_normal((3, 2, 4000)).astype(np.float32) * 0.2
+    prediction = target + rng.standard_normal(target.shape).astype(np.float32) * 0.05
+    expected = np.abs(prediction - target).sum() / (np.abs(target).sum() + 1e-5)
+    loss = waveform_l1_loss(torch.from_numpy(prediction), torch.from_numpy(target))
+    assert abs(float(loss) - expected) < 1e-5
+    x = torch.from_numpy(target)
+    assert float(waveform_l1_loss(x, x)) == 0.0
+    assert abs(float(waveform_l1_loss(torch.zeros_like(x), x)) - 1.0) < 1e-5  # silence in place of the target
+    assert abs(float(waveform_l1_loss(x / 2, x)) - 0.5) < 1e-5
+    assert abs(float(waveform_l1_loss(-x, x)) - 2.0) < 1e-5  # same magnitude spectrum, opposite phase
+    # Unlike a magnitude loss, it sees swapped channels of a panned clip and a mono copy of it.
+    panned = torch.cat([x[:, :1], x[:, :1] / 4], dim=1)
+    assert float(waveform_l1_loss(panned.flip(1), panned)) > 1.0
+    mono = panned.mean(1, keepdim=True).expand_as(panned)
+    assert float(waveform_l1_loss(mono, panned)) > 0.5
+    with pytest.raises(ValueError, match="same shape"):
+        waveform_l1_loss(x, x[..., :100])

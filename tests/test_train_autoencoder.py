@@ -248,13 +248,15 @@ def test_decoder_only_keeps_encoder_and_latents(workspace, tmp_path):
     launch(
         workspace,
         output_dir,
-        "--checkpointing_steps", "100", "--lambda_level", "1", "--loss_log", str(loss_log),
+        "--checkpointing_steps", "100", "--lambda_level", "1", "--lambda_wave", "1", "--loss_log", str(loss_log),
         mode="decoder_only",
         steps=3,
     )  # fmt: skip
     # The level loss is a decoder loss: computed (and logged) in decoder-only mode, finite.
-    levels = [row["ae/level"] for row in read_losses(loss_log)]
-    assert len(levels) == 3 and all(math.isfinite(v) and v > 0 for v in levels)
+    # So is the waveform L1.
+    for key in ("ae/level", "ae/wave"):
+        values = [row[key] for row in read_losses(loss_log)]
+        assert len(values) == 3 and all(math.isfinite(v) and v > 0 for v in values), key
     initial = SAMEAutoencoderModel.from_pretrained(workspace["model"])
     trained = SAMEAutoencoderModel.from_pretrained(output_dir)
     before, after = encoder_state(initial), encoder_state(trained)

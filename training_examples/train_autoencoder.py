@@ -11,7 +11,8 @@ Three modes (`--training_mode`):
 - `lora`: PEFT LoRA on every `nn.Linear` of the decoder; the result is a small `decoder_lora.safetensors`.
 
 Losses (all in one dict, each weighted by its `--lambda_*` flag; a loss with weight 0 is not computed):
-`ae/stft`, `ae/mel` (multi-resolution spectral, L/R/mid/side), `ae/level` (per-channel loudness envelope), `ae/kl`
+`ae/stft`, `ae/mel` (multi-resolution spectral, L/R/mid/side), `ae/level` (per-channel loudness envelope), `ae/wave`
+(relative waveform L1: phase and stereo, which magnitudes do not pin), `ae/kl`
 (official soft-norm regulariser), `adv/d_loss`, `adv/g_loss`, `adv/feat` (multi-resolution STFT discriminator, hinge
 or LSGAN, feature matching), `align/diffusion` (flow matching of a small denoiser head on the latents), `sem/chroma`,
 `sem/ild` (regression heads), `contrast/infonce` (two augmented views). Each step runs the discriminator step first,
@@ -60,6 +61,7 @@ from diffusers_sa3.training.autoencoder_losses import (
     interaural_level_difference,
     multi_resolution_mel_loss,
     multi_resolution_stft_loss,
+    waveform_l1_loss,
 )
 from diffusers_sa3.training.checkpointing import (
     check_output_dir,
@@ -76,6 +78,7 @@ LOSS_WEIGHT_FLAGS = {
     "ae/stft": "lambda_stft",
     "ae/mel": "lambda_mel",
     "ae/level": "lambda_level",
+    "ae/wave": "lambda_wave",
     "ae/kl": "lambda_kl",
     "adv/g_loss": "lambda_adv",
     "adv/feat": "lambda_feat",
@@ -150,6 +153,9 @@ def parse_args(input_args=None):
     )
     parser.add_argument("--lambda_mel", type=float, default=1.0, help="Weight of ae/mel.")
     parser.add_argument("--lambda_stft", type=float, default=1.0, help="Weight of ae/stft.")
+    parser.add_argument(
+        "--lambda_wave", type=float, default=0.0, help="Weight of ae/wave (relative waveform L1: phase and stereo)."
+    )
     parser.add_argument("--learning_rate", type=float, default=1e-4, help="Learning rate of the autoencoder.")
     parser.add_argument("--lora_alpha", type=int, default=None, help="LoRA alpha (default: the rank).")
     parser.add_argument("--lora_rank", type=int, default=16, help="LoRA rank (lora mode).")
@@ -613,6 +619,8 @@ def main(args):
                     )
                 if weights["ae/level"]:
                     losses["ae/level"] = frame_level_loss(reconstruction, audio)
+                if weights["ae/wave"]:
+                    losses["ae/wave"] = waveform_l1_loss(reconstruction, audio)
                 if adversarial_on:
                     with accelerator.autocast(), frozen_parameters(raw_discriminator):
                         fake_outputs = raw_discriminator(reconstruction)

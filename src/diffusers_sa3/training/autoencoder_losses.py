@@ -116,6 +116,24 @@ def frame_level_loss(
     return (level_db(prediction) - level_db(target)).abs().mean() / 20.0
 
 
+def waveform_l1_loss(prediction: torch.Tensor, target: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """
+    Relative waveform L1: `sum |prediction - target| / (sum |target| + eps)` over the whole batch, all channels.
+
+    The spectral losses see magnitudes only, so a small decoder can satisfy them with the wrong phase: periodic sounds
+    (tones) that do not line up across patches and a stereo image averaged to mono. This term compares the samples
+    themselves. Normalised by the target's mean absolute value, it reads the same for quiet and loud batches: 0 for a
+    perfect reconstruction, 1 for silence in place of the target, 0.5 for a gain of 1/2, 2 for a sign flip.
+    """
+    if prediction.shape != target.shape:
+        raise ValueError(
+            f"`prediction` and `target` must have the same shape, got {tuple(prediction.shape)} and "
+            f"{tuple(target.shape)}."
+        )
+    prediction, target = prediction.float(), target.float()
+    return (prediction - target).abs().sum() / (target.abs().sum() + eps)
+
+
 def hz_to_mel(frequency):
     """HTK mel scale `2595 log10(1 + f / 700)`."""
     return 2595.0 * math.log10(1.0 + frequency / 700.0)
