@@ -242,6 +242,41 @@ def test_chunked_decode_skips_overlap_exactly(variant, add_noise, frames, chunk_
         assert sum(decoded_frames) < len(decoded_frames) * chunk_size
 
 
+@torch.no_grad()
+@pytest.mark.parametrize("add_noise", [False, True])
+@pytest.mark.parametrize("frames,output_frames", [(61, 40), (61, 47), (61, 3), (61, 61)])
+def test_decode_output_frames_is_the_full_decode_trimmed(variant, add_noise, frames, output_frames, monkeypatch):
+    """`output_frames` (a pipeline trimming its headroom): the samples before it equal the official full chunked decode
+    (noise draws included), the rest are 0, and the windows' work past it is skipped."""
+    name, model, _ = variant
+    latents = torch.randn(1, 32, frames, generator=torch.Generator().manual_seed(3))
+    reference = _naive_chunked_decode(model, latents, torch.Generator().manual_seed(5), add_noise, 20, 12)
+    decoded_frames = []
+    decode = model._decode
+    monkeypatch.setattr(model, "_decode", lambda w, *a, **k: decoded_frames.append(w.shape[-1]) or decode(w, *a, **k))
+
+    def run(frames_wanted):
+        decoded_frames.clear()
+        out = model.decode(
+            latents, generator=torch.Generator().manual_seed(5), add_noise=add_noise, chunked=True, chunk_size=20,
+            overlap=12, output_frames=frames_wanted,
+        ).sample  # fmt: skip
+        return out, sum(decoded_frames)
+
+    full, full_work = run(None)
+    trimmed, trimmed_work = run(output_frames)
+    cut = output_frames * model.downsampling_ratio
+    assert trimmed.shape == reference.shape
+    assert torch.allclose(trimmed[..., :cut], reference[..., :cut], atol=1e-5 * reference.abs().max().item(), rtol=0)
+    assert (trimmed[..., cut:] == 0).all()
+    assert torch.equal(full, run(frames)[0])
+    if output_frames < frames - 20:
+        assert trimmed_work < full_work
+    for bad in (0, frames + 1, 2.5, True):
+        with pytest.raises(ValueError, match="output_frames"):
+            model.decode(latents, add_noise=False, output_frames=bad)
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Full-size layout (meta device)
 # ----------------------------------------------------------------------------------------------------------------------

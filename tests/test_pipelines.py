@@ -1,6 +1,7 @@
 """Pipelines: official-parity sampling runs, mixed durations, loading/saving, conversion and bad input."""
 
 import logging
+import math
 import os
 
 import numpy as np
@@ -13,6 +14,7 @@ from diffusers_sa3 import (
     StableAudio3InpaintPipeline,
     StableAudio3Pipeline,
 )
+from diffusers_sa3.models.autoencoder_same import SAMEDecoderOutput
 from utils import MEDIUM_BASE_CKPT, SMALL_CKPT, assert_parity, load_reference
 
 
@@ -415,6 +417,36 @@ def test_pipeline_chunked_decode_matches_unchunked(small_pipe):
     full = small_pipe("rain", generator=torch.Generator().manual_seed(0), chunked_decode=False, **kwargs).audios
     assert chunked.shape == full.shape == (1, 2, 14 * 44100)
     torch.testing.assert_close(chunked, full, rtol=0, atol=1e-5 * full.abs().max().item())
+
+
+def test_pipeline_decodes_only_the_frames_it_returns(small_pipe, monkeypatch):
+    """The official 6 s generation headroom is sampled but not decoded (`output_frames`); the audio is the full
+    chunked decode (decode noise on, same draws) trimmed."""
+    calls = []
+    decode = small_pipe.vae.decode
+
+    def spy(latents, generator=None, **kwargs):
+        state = generator.get_state()
+        out = decode(latents, generator=generator, **kwargs).sample
+        reference_generator = torch.Generator()
+        reference_generator.set_state(state)
+        reference = decode(latents, generator=reference_generator, **{**kwargs, "output_frames": None}).sample
+        calls.append((latents.shape[-1], kwargs["output_frames"], out, reference))
+        return SAMEDecoderOutput(sample=out)
+
+    monkeypatch.setattr(small_pipe.vae, "decode", spy)
+    audio = small_pipe(
+        "rain", duration=14.0, num_inference_steps=1, generator=torch.Generator().manual_seed(0), chunked_decode=True,
+        output_type="pt",
+    ).audios  # fmt: skip
+    ((frames, wanted, out, reference),) = calls
+    assert wanted == math.ceil(14.0 * 44100 / small_pipe.downsampling_ratio) < frames
+    cut = wanted * small_pipe.downsampling_ratio
+    scale = reference.abs().max().item()
+    torch.testing.assert_close(out[..., :cut], reference[..., :cut], rtol=0, atol=1e-5 * scale)
+    assert (out[..., cut:] == 0).all()
+    expected = reference[..., : 14 * 44100].float().clamp(-1, 1)
+    torch.testing.assert_close(audio, expected, rtol=0, atol=1e-5 * scale)
 
 
 def test_bf16_models_keep_a_float32_sampling_state():

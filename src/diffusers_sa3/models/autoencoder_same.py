@@ -787,6 +787,7 @@ class SAMEAutoencoderModel(ModelMixin, ConfigMixin):
         chunk_size: int = 128,
         overlap: int = 32,
         noise: Optional[Sequence[Optional[torch.Tensor]]] = None,
+        output_frames: Optional[int] = None,
     ) -> Union[SAMEDecoderOutput, Tuple[torch.Tensor]]:
         """
         Decodes latents into audio, as the official `AutoencoderModel.decode`.
@@ -812,6 +813,10 @@ class SAMEAutoencoderModel(ModelMixin, ConfigMixin):
             noise (`tuple` of two `torch.Tensor`, *optional*): pre-drawn standard-normal `eps` instead of drawing
                 from `generator`: the bottleneck draw `(batch, latent_channels, frames)` and the decoder draw
                 `(batch * padded_frames, resampling_stride, width)`. Only for an unchunked decode with `add_noise`.
+            output_frames (`int`, *optional*): only the audio of the first `output_frames` latent frames is wanted
+                (a pipeline trimming its generation headroom): a chunked decode then skips the windows' work past it
+                (still drawing their noise in the official order), and the samples past it are 0. The samples before
+                it equal the full decode's. `None`: all frames.
         """
         self._check_input(
             latents, "latents", self.config.latent_channels, "(batch, latent_channels, frames)", "latents"
@@ -820,6 +825,15 @@ class SAMEAutoencoderModel(ModelMixin, ConfigMixin):
         chunked = self.config.chunked if chunked is None else chunked
         latents = latents.to(self.dtype)
         total_latents = latents.shape[-1]
+        if output_frames is not None and (
+            isinstance(output_frames, bool)
+            or not isinstance(output_frames, int)
+            or not 0 < output_frames <= total_latents
+        ):
+            raise ValueError(
+                f"`output_frames` must be an int in [1, {total_latents}] (the latents' frames), got {output_frames!r}; "
+                "pass None to decode every frame."
+            )
 
         if not chunked or total_latents < chunk_size:
             sample = self._decode(latents, generator, add_noise, noise)
@@ -845,6 +859,9 @@ class SAMEAutoencoderModel(ModelMixin, ConfigMixin):
                 kept.append([start + left, start + right])
             for i in range(len(kept) - 1):
                 kept[i][1] = min(kept[i][1], kept[i + 1][0])
+            if output_frames is not None:
+                for span in kept:
+                    span[1] = min(span[1], output_frames)
             sample = None
             for start, (keep_start, keep_end) in zip(starts, kept):
                 window = latents[..., start : start + chunk_size]
@@ -870,6 +887,8 @@ class SAMEAutoencoderModel(ModelMixin, ConfigMixin):
                 sample[..., keep_start * ratio : keep_end * ratio] = chunk[
                     ..., keep_start * ratio - offset : keep_end * ratio - offset
                 ]
+        if output_frames is not None:
+            sample[..., output_frames * self.downsampling_ratio :] = 0
 
         if not return_dict:
             return (sample,)

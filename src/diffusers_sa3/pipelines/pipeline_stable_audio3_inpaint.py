@@ -328,6 +328,12 @@ class StableAudio3InpaintPipeline(DiffusionPipeline, StableAudio3LoraLoaderMixin
         the requested durations and each result equals the waveform generated alone.
         """
         vae_dtype = next(self.vae.parameters()).dtype
+        # Only the frames that reach the trimmed output are decoded (the official 6 s headroom is not): the result is
+        # the same, the windows' noise draws stay official (`SAMEAutoencoderModel.decode(output_frames=...)`).
+        needed = [
+            min(valid, -(-int(seconds * self.sampling_rate) // self.downsampling_ratio))
+            for valid, seconds in zip(valid_frames, durations)
+        ]
         if isinstance(generator, list) or len(set(alone_frames)) > 1:
             generators = generator if isinstance(generator, list) else [generator] * len(alone_frames)
             audio = [
@@ -336,12 +342,17 @@ class StableAudio3InpaintPipeline(DiffusionPipeline, StableAudio3LoraLoaderMixin
                     generator=generators[i],
                     add_noise=add_decode_noise,
                     chunked=chunked_decode,
+                    output_frames=min(needed[i], frames),
                 ).sample[0]
                 for i, frames in enumerate(alone_frames)
             ]
         else:
             audio = self.vae.decode(
-                latents.to(vae_dtype), generator=generator, add_noise=add_decode_noise, chunked=chunked_decode
+                latents.to(vae_dtype),
+                generator=generator,
+                add_noise=add_decode_noise,
+                chunked=chunked_decode,
+                output_frames=min(max(needed), latents.shape[-1]),
             ).sample
         outputs = []
         for i, (valid, seconds) in enumerate(zip(valid_frames, durations)):
