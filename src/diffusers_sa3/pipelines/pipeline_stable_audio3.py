@@ -431,10 +431,8 @@ class StableAudio3Pipeline(DiffusionPipeline, StableAudio3LoraLoaderMixin):
         vae_dtype = next(self.vae.parameters()).dtype
         # Only the frames that reach the trimmed output are decoded (the official 6 s headroom is not): the result is
         # the same, the windows' noise draws stay official (`SAMEAutoencoderModel.decode(output_frames=...)`).
-        needed = [
-            min(valid, -(-int(seconds * self.sampling_rate) // self.downsampling_ratio))
-            for valid, seconds in zip(valid_frames, durations)
-        ]
+        trimmed = valid_latent_frames(durations, self.sampling_rate, self.downsampling_ratio, latents.shape[-1], 0.0)
+        needed = [min(valid, frames) for valid, frames in zip(valid_frames, trimmed)]
         if isinstance(generator, list) or len(set(alone_frames)) > 1:
             generators = generator if isinstance(generator, list) else [generator] * len(alone_frames)
             audio = [
