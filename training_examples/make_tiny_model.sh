@@ -47,6 +47,7 @@ AE_LR=${AE_LR:-1e-3}
 AE_ADV_START=${AE_ADV_START:-1000000}   # no adversarial phase by default: it needs far more steps than a CPU run
 AE_SEGMENT=${AE_SEGMENT:-1.0}
 AE_LAMBDA_ALIGN=${AE_LAMBDA_ALIGN:-0}   # the diffusion-alignment loss delays latent use past a CPU budget (README)
+AE_LAMBDA_WAVE=${AE_LAMBDA_WAVE:-1}     # waveform L1: the spectral losses alone leave tones and stereo unreconstructed
 DEC_STEPS=${DEC_STEPS:-300}             # decoder-only fine-tune (level loss) after the full SAME training
 DEC_LAMBDA_LEVEL=${DEC_LAMBDA_LEVEL:-2}
 FLOW_STEPS=${FLOW_STEPS:-900}
@@ -112,7 +113,7 @@ stage train_autoencoder "${LAUNCH[@]}" training_examples/train_autoencoder.py \
     --output_dir "$RUN_DIR/same" --training_mode full --max_train_steps "$AE_STEPS" --train_batch_size "$AE_BATCH" \
     --learning_rate "$AE_LR" --discriminator_learning_rate "$AE_LR" --adversarial_start_step "$AE_ADV_START" \
     --segment_seconds "$AE_SEGMENT" --stft_fft_sizes 2048 512 128 --mel_fft_sizes 2048 512 --mel_bins 80 40 \
-    --lambda_contrast 0 --lambda_align "$AE_LAMBDA_ALIGN" --checkpointing_steps "$CHECKPOINT_EVERY" --checkpoints_total_limit 2 \
+    --lambda_contrast 0 --lambda_align "$AE_LAMBDA_ALIGN" --lambda_wave "$AE_LAMBDA_WAVE" --checkpointing_steps "$CHECKPOINT_EVERY" --checkpoints_total_limit 2 \
     --validation_steps 0 --report_to none --seed "$SEED" --loss_log "$RUN_DIR/same_loss.jsonl" \
     --resume_from_checkpoint latest
 # Decoder-only fine-tune with the per-channel level loss: the spectral losses alone leave the tiny decoder's output
@@ -122,7 +123,7 @@ stage finetune_decoder "${LAUNCH[@]}" training_examples/train_autoencoder.py \
     --output_dir "$RUN_DIR/same_decoder" --training_mode decoder_only --max_train_steps "$DEC_STEPS" \
     --train_batch_size "$AE_BATCH" --learning_rate "$AE_LR" --adversarial_start_step "$AE_ADV_START" \
     --segment_seconds "$AE_SEGMENT" --stft_fft_sizes 2048 512 128 --mel_fft_sizes 2048 512 --mel_bins 80 40 \
-    --lambda_level "$DEC_LAMBDA_LEVEL" --checkpointing_steps "$CHECKPOINT_EVERY" --checkpoints_total_limit 2 \
+    --lambda_level "$DEC_LAMBDA_LEVEL" --lambda_wave "$AE_LAMBDA_WAVE" --checkpointing_steps "$CHECKPOINT_EVERY" --checkpoints_total_limit 2 \
     --validation_steps 0 --report_to none --seed "$SEED" --loss_log "$RUN_DIR/same_decoder_loss.jsonl" \
     --resume_from_checkpoint latest
 stage build_trained_same python -m diffusers_sa3.training.tiny_components swap-vae --pipeline "$RUN_DIR/init" \
