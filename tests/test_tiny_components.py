@@ -208,7 +208,9 @@ def test_tiny_same_latents_depend_on_the_input_from_initialisation():
     spread, dependence = _latent_spread_and_dependence(default)
     variation = _latent_variation_in_time(default)
     assert spread > 0.2 and variation > 0.07 and dependence > 1e-6, (spread, variation, dependence)
-    official = _latent_spread_and_dependence(build_tiny_same(new_token_std=0, branch_init_std=0, input_gain=1, **kwargs))
+    official = _latent_spread_and_dependence(
+        build_tiny_same(new_token_std=0, branch_init_std=0, input_gain=1, **kwargs)
+    )
     assert official == (0.0, 0.0), official
     # Random branches with the official near-zero token: the token's query is ~0, both differential-attention maps
     # are uniform and cancel, so only the feed-forward path varies.
