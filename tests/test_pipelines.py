@@ -491,3 +491,19 @@ def test_bf16_models_keep_a_float32_sampling_state():
     snr_db = 10 * torch.log10(audio_fp32[0].pow(2).sum() / (audio_bf16[0] - audio_fp32[0]).pow(2).sum())
     # Measured about 30 dB on this tiny SAME.
     assert snr_db > 20, f"bf16 decode SNR against float32 {snr_db:.1f} dB"
+
+
+def test_sampling_loop_projects_the_text_context_once(small_pipe, monkeypatch):
+    """Inside the pipeline's `cache_context`, every block's cross-attention keys/values are computed at the first step
+    only (the benchmark's bare DiT case relies on the same cache)."""
+    calls = []
+    block = small_pipe.transformer.transformer_blocks[0]
+    project = block.attn2.project_context
+    monkeypatch.setattr(block.attn2, "project_context", lambda states: calls.append(1) or project(states))
+    steps = []
+    small_pipe(
+        "rain", duration=0.5, num_inference_steps=4, callback_on_step_end=lambda p, i, t, kw: steps.append(i) or kw
+    )
+    assert steps == [0, 1, 2, 3] and len(calls) == 1
+    small_pipe("rain", duration=0.5, num_inference_steps=2)  # a new generation projects its context again
+    assert len(calls) == 2
