@@ -335,3 +335,21 @@ def test_flags_are_sorted_and_documented():
         "none",
         "tensorboard",
     )
+
+
+def test_spectral_log_floors_reach_the_losses(workspace, tmp_path):
+    # Same model, crops and noise: only the floors inside the logs of ae/stft and ae/mel differ, so only those two
+    # first-step losses may change (a higher floor ignores more of the near-silent bins: a smaller distance).
+    rows = {}
+    for name, flags in (("default", []), ("raised", ["--stft_eps", "1.0", "--mel_eps", "1e-2"])):
+        log = tmp_path / f"{name}.jsonl"
+        launch(workspace, tmp_path / name, "--lambda_wave", "1", "--loss_log", str(log), *flags, steps=1)
+        (rows[name],) = read_losses(log)
+    for key in ("ae/stft", "ae/mel"):
+        assert rows["raised"][key] < rows["default"][key], key
+    assert rows["raised"]["ae/wave"] == rows["default"]["ae/wave"]
+    script = load_script_module()
+    required = ["--pretrained_model_name_or_path", "m", "--train_data_dir", "d"]
+    for flag, value in (("--stft_eps", "0"), ("--mel_eps", "-1")):
+        with pytest.raises(ValueError, match=f"`{flag}` must be positive.*got {float(value)}"):
+            script.parse_args([*required, flag, value])

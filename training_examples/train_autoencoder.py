@@ -170,6 +170,12 @@ def parse_args(input_args=None):
         "--mel_bins", type=int, nargs="+", default=[160, 80, 40, 20, 10], help="Mel bins per size of ae/mel."
     )
     parser.add_argument(
+        "--mel_eps",
+        type=float,
+        default=1e-5,
+        help="Floor of the mel magnitudes inside ae/mel's log10 (raise it to stop near-silent bands dominating).",
+    )
+    parser.add_argument(
         "--mel_fft_sizes",
         type=int,
         nargs="+",
@@ -206,6 +212,12 @@ def parse_args(input_args=None):
         "--segment_seconds", type=float, default=2.0, help="Training crop length (rounded up to whole latents)."
     )
     parser.add_argument(
+        "--stft_eps",
+        type=float,
+        default=1e-7,
+        help="Floor of the STFT power inside ae/stft's log (raise it to stop near-silent bins dominating).",
+    )
+    parser.add_argument(
         "--stft_fft_sizes",
         type=int,
         nargs="+",
@@ -229,6 +241,12 @@ def parse_args(input_args=None):
     )
     args = parser.parse_args(input_args)
 
+    for name in ("stft_eps", "mel_eps"):
+        if not getattr(args, name) > 0:
+            raise ValueError(
+                f"`--{name}` must be positive (a floor inside a log), got {getattr(args, name)}; the default is "
+                f"{parser.get_default(name)}."
+            )
     if args.gradient_accumulation_steps < 1:
         raise ValueError(f"`--gradient_accumulation_steps` must be >= 1, got {args.gradient_accumulation_steps}.")
     if args.segment_seconds <= 0:
@@ -612,10 +630,12 @@ def main(args):
 
                 # Generator step. The spectral losses run in fp32 (outside autocast).
                 if weights["ae/stft"]:
-                    losses["ae/stft"] = multi_resolution_stft_loss(reconstruction, audio, args.stft_fft_sizes)
+                    losses["ae/stft"] = multi_resolution_stft_loss(
+                        reconstruction, audio, args.stft_fft_sizes, eps=args.stft_eps
+                    )
                 if weights["ae/mel"]:
                     losses["ae/mel"] = multi_resolution_mel_loss(
-                        reconstruction, audio, sample_rate, args.mel_fft_sizes, args.mel_bins
+                        reconstruction, audio, sample_rate, args.mel_fft_sizes, args.mel_bins, eps=args.mel_eps
                     )
                 if weights["ae/level"]:
                     losses["ae/level"] = frame_level_loss(reconstruction, audio)
