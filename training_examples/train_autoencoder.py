@@ -27,6 +27,7 @@ Example:
 
 import argparse
 import contextlib
+import inspect
 import json
 import logging
 import math
@@ -172,7 +173,7 @@ def parse_args(input_args=None):
     parser.add_argument(
         "--mel_eps",
         type=float,
-        default=1e-5,
+        default=inspect.signature(multi_resolution_mel_loss).parameters["eps"].default,
         help="Floor of the mel magnitudes inside ae/mel's log10 (raise it to stop near-silent bands dominating).",
     )
     parser.add_argument(
@@ -214,7 +215,7 @@ def parse_args(input_args=None):
     parser.add_argument(
         "--stft_eps",
         type=float,
-        default=1e-7,
+        default=inspect.signature(multi_resolution_stft_loss).parameters["eps"].default,
         help="Floor of the STFT power inside ae/stft's log (raise it to stop near-silent bins dominating).",
     )
     parser.add_argument(
