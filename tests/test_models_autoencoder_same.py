@@ -194,6 +194,53 @@ def test_chunked_decode_matches_unchunked(variant):
     assert (no_overlap - full).abs().max() > 1e-3
 
 
+@torch.no_grad()
+def test_decode_reach_is_the_receptive_field(variant):
+    """`_decode_reach` (the chunked decode's halo) is the decoder's exact receptive field: a change to latent frame `j`
+    moves the audio of frames `j - reach .. j + reach` only, and, for some `j` of either chunk parity, that far."""
+    name, model, _ = variant
+    reach = model._decode_reach()
+    assert reach == (3 if name == "small" else 2)  # SAME-S: 2 chunk passes of +-1 frame + kernel 3; SAME-L: 2 blocks
+    frames, ratio = 2 * reach + 12, model.downsampling_ratio
+    latents = torch.randn(1, 32, frames, generator=torch.Generator().manual_seed(2))
+    base = model.decode(latents, add_noise=False, chunked=False).sample
+    widest = 0
+    for j in range(reach + 2, reach + 6):
+        changed = latents.clone()
+        changed[..., j] += 3.0
+        out = model.decode(changed, add_noise=False, chunked=False).sample
+        moved = (out - base).abs().amax(dim=(0, 1)).reshape(frames, ratio).amax(dim=-1) > 1e-6 * base.abs().max()
+        offsets = torch.nonzero(moved).flatten() - j
+        assert offsets.numel() and offsets.abs().max() <= reach, (j, offsets.tolist())
+        widest = max(widest, int(offsets.abs().max()))
+    assert widest == reach
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_inference_fast_paths_are_bit_identical(variant, signals, dtype):
+    """Outside autograd the DyT norms and RoPE run in place on their fresh buffers: encode and decode equal the
+    autograd path bit for bit, in float32 and in bfloat16."""
+    name, model, _ = variant
+    model = model.to(dtype)
+    try:
+        audio = signals["signal"][None].to(dtype)
+        latents = torch.randn(1, 32, 40, generator=torch.Generator().manual_seed(4)).to(dtype)
+        with torch.no_grad():
+            fast = (
+                model.encode(audio).latents,
+                model.decode(latents, generator=torch.Generator().manual_seed(1)).sample,
+            )
+        with torch.enable_grad():
+            plain = (
+                model.encode(audio).latents,
+                model.decode(latents, generator=torch.Generator().manual_seed(1)).sample,
+            )
+        for a, b in zip(fast, plain):
+            assert a.dtype == dtype and torch.equal(a, b.detach())
+    finally:
+        model.to(torch.float32)
+
+
 def _naive_chunked_decode(model, latents, generator, add_noise, chunk_size, overlap):
     """The official chunked decode written plainly: every window decoded whole, spliced hard, last one written last."""
     total, ratio = latents.shape[-1], model.downsampling_ratio
@@ -236,9 +283,8 @@ def test_chunked_decode_skips_overlap_exactly(variant, add_noise, frames, chunk_
     ).sample
     assert ours.shape == reference.shape
     assert torch.allclose(ours, reference, atol=1e-5 * reference.abs().max().item(), rtol=0)
-    # Work is saved where the halo is narrower than the dropped overlap (SAME-S: 6 frames; SAME-L tiny: 3).
-    halo = model._decode_halo()
-    if halo < overlap // 2:
+    # Work is saved where the receptive field is narrower than the dropped overlap (SAME-S: 3 frames; SAME-L tiny: 2).
+    if model._decode_reach() < overlap // 2:
         assert sum(decoded_frames) < len(decoded_frames) * chunk_size
 
 

@@ -86,11 +86,18 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
-def _apply_rotary_emb(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
-    """Partial RoPE (GPT-J style): rotates the first `freqs.shape[-1]` dims of `x` (`(..., seq, head_dim)`) in fp32."""
+def _apply_rotary_emb(x: torch.Tensor, freqs: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+    """
+    Partial RoPE (GPT-J style): rotates the first `freqs.shape[-1]` dims of `x` (`(..., seq, head_dim)`) in fp32.
+    `inplace` writes the rotated dims into `x` (a fresh tensor the caller owns, outside autograd) instead of
+    concatenating a new one; the values are the same.
+    """
     rot_dim = freqs.shape[-1]
     x_rot, x_pass = x[..., :rot_dim].float(), x[..., rot_dim:]
     x_rot = x_rot * freqs.cos() + _rotate_half(x_rot) * freqs.sin()
+    if inplace:
+        x[..., :rot_dim] = x_rot
+        return x
     return torch.cat((x_rot.to(x.dtype), x_pass), dim=-1)
 
 
@@ -148,7 +155,11 @@ class SAMEDynamicTanh(nn.Module):
         self.bias = nn.Parameter(torch.zeros(dim))
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.weight * torch.tanh(self.alpha * hidden_states) + self.bias
+        if torch.is_grad_enabled() or not hidden_states.dtype == self.weight.dtype == self.alpha.dtype:
+            return self.weight * torch.tanh(self.alpha * hidden_states) + self.bias
+        # Inference: the same operations in the same order on one buffer (about 2x faster on CPU, bit-identical).
+        out = torch.mul(hidden_states, self.alpha)
+        return out.tanh_().mul_(self.weight).add_(self.bias)
 
 
 class SAMEWeightNormConv1d(nn.Module):
@@ -222,8 +233,9 @@ class SAMEAttention(nn.Module):
         key = split_heads(torch.cat([key, key_diff], dim=-1))
         value = split_heads(value).repeat(1, 2, 1, 1)
 
-        query = _apply_rotary_emb(self.norm_q(query), rotary_freqs).to(value.dtype)
-        key = _apply_rotary_emb(self.norm_k(key), rotary_freqs).to(value.dtype)
+        inplace = not torch.is_grad_enabled()  # the normed q / k are fresh buffers: rotate them in place
+        query = _apply_rotary_emb(self.norm_q(query), rotary_freqs, inplace).to(value.dtype)
+        key = _apply_rotary_emb(self.norm_k(key), rotary_freqs, inplace).to(value.dtype)
 
         if sliding_window is None:
             out = F.scaled_dot_product_attention(query, key, value)
@@ -727,18 +739,24 @@ class SAMEAutoencoderModel(ModelMixin, ConfigMixin):
             )
         return bottleneck_noise, decoder_noise
 
-    def _decode_halo(self) -> int:
+    def _decode_reach(self) -> int:
         """
-        Latent frames on each side of a span that fully determine the decoder's output on that span, rounded up to
-        the decoder's chunk alignment. Sliding window: `w` frames per block, plus one for the output convolution.
-        Chunked attention: one chunk; with the midpoint shift a second, shifted chunk reaches one more chunk.
+        Latent frames on each side of a frame that its decoded audio depends on (the decoder's exact receptive field).
+        Chunked attention: a chunk spanning `n` frames reaches `n - 1`; the midpoint-shifted chunks of the second half
+        of the blocks add their own span (one frame more when the shift is not a whole frame). Sliding window: `w`
+        frames per block. Plus one frame for an output convolution wider than 1 (its edge patches see the
+        neighbouring frames' edge tokens).
         """
-        multiple = self.decoder.resampler.input_multiple
+        resampler = self.decoder.resampler
         if self.config.sliding_window is not None:
-            reach = self.config.num_decoder_layers * self.config.sliding_window + 1
+            reach = self.config.num_decoder_layers * self.config.sliding_window
         else:
-            reach = (2 if self.config.chunk_midpoint_shift else 1) * multiple + 1
-        return -(-reach // multiple) * multiple
+            chunk_frames = resampler.input_multiple
+            reach = chunk_frames - 1
+            if resampler.chunk_midpoint_shift:
+                shift = resampler.chunk_tokens // 2
+                reach += chunk_frames - 1 + (1 if shift % resampler.sub_chunk_size else 0)
+        return reach + (1 if self.config.decoder_kernel_size > 1 else 0)
 
     def _decode(
         self,
@@ -798,7 +816,7 @@ class SAMEAutoencoderModel(ModelMixin, ConfigMixin):
         `frames * 4096` samples. Latents shorter than `chunk_size` frames are decoded unchunked. The frames a window
         would decode only to have them dropped (or overwritten by the next window) are skipped, beyond a halo that
         covers the decoder's receptive field; the window's noise is drawn whole and sliced, so the output is the
-        official one (SAME-S: about a fifth less work at the default 128 / 32).
+        official one (SAME-S at the default 128 / 32: 32 % less work for 30 s of latents, 22 % for 120 s).
 
         Args:
             latents (`torch.Tensor`): `(batch, latent_channels, frames)`.
@@ -848,9 +866,9 @@ class SAMEAutoencoderModel(ModelMixin, ConfigMixin):
                 starts.append(total_latents - chunk_size)
             # Window i keeps frames [start + left, start + right) (official hard splice, the last window anchored to
             # the end and written last). Only the part no later window overwrites is decoded, with a halo of frames
-            # that fully determines it (`_decode_halo`), aligned to the window's own attention chunks; the window's
-            # noise is still drawn whole, in the official order, and sliced, so the output equals the official one.
-            halo, multiple = self._decode_halo(), self.decoder.resampler.input_multiple
+            # that fully determines it (`_decode_reach` frames, widened to the window's own attention chunks); the
+            # window's noise is still drawn whole, in the official order, and sliced, so the output is the official one.
+            reach, multiple = self._decode_reach(), self.decoder.resampler.input_multiple
             half = overlap // 2
             kept = []
             for i, start in enumerate(starts):
@@ -869,8 +887,8 @@ class SAMEAutoencoderModel(ModelMixin, ConfigMixin):
                     if add_noise:
                         self._draw_decode_noise(window, generator)  # keep the draws of later windows official
                     continue
-                first = max(0, (keep_start - start - halo) // multiple * multiple)
-                last = min(chunk_size, -(-(keep_end - start + halo) // multiple) * multiple)
+                first = max(0, (keep_start - start - reach) // multiple * multiple)
+                last = min(chunk_size, -(-(keep_end - start + reach) // multiple) * multiple)
                 noise_span = None
                 if add_noise:
                     bottleneck_noise, decoder_noise = self._draw_decode_noise(window, generator)
