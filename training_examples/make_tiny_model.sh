@@ -30,25 +30,30 @@ NUM_TRAIN=${NUM_TRAIN:-800}
 NUM_HELDOUT=${NUM_HELDOUT:-200}
 # Model sizes (see diffusers_sa3.training.tiny_components).
 TEXT_WIDTH=${TEXT_WIDTH:-64}
-LATENT_CHANNELS=${LATENT_CHANNELS:-32}
-SAME_HEADS=${SAME_HEADS:-4}            # width 4 x 32 = 128 = 2 channels x 64-sample patches
-SAME_PATCH=${SAME_PATCH:-64}
-SAME_STRIDE=${SAME_STRIDE:-16}         # 64 x 16 = 1024 samples per latent (the released SAME: 4096; at 4096 the
-                                       # tiny SAME showed no latent dependence by step 200, see training_examples/README)
+LATENT_CHANNELS=${LATENT_CHANNELS:-64}
+SAME_HEADS=${SAME_HEADS:-4}            # width 4 x 32 = 128
+SAME_PATCH=${SAME_PATCH:-1024}
+SAME_STRIDE=${SAME_STRIDE:-1}          # one 1,024-sample patch per latent (43 latents a second; the released SAME has
+                                       # 16 patches per latent, which the tiny one could not learn on a CPU budget:
+                                       # training_examples/README)
+SAME_KERNEL=${SAME_KERNEL:-1}          # decoder output convolution kernel (1: a third of the weights of 3)
+SAME_INIT=${SAME_INIT:-pca}            # pca: start as the per-channel principal-component coder of the training
+                                       # frames (tiny_components.pca_initialise_same); random: build_tiny_same's init
 SAME_LAYERS=${SAME_LAYERS:-2}
 DIT_LAYERS=${DIT_LAYERS:-6}
 DIT_HEADS=${DIT_HEADS:-2}
 MAX_TEXT_LENGTH=${MAX_TEXT_LENGTH:-32}
 # Step counts and batch sizes.
 # The defaults ran on a 2-core CPU in 7,510 s of stages (stop 13; training_examples/README.md has each stage).
-AE_STEPS=${AE_STEPS:-2000}
+AE_STEPS=${AE_STEPS:-0}                 # full SAME training from the init (0: none; see README for why)
 AE_BATCH=${AE_BATCH:-8}
 AE_LR=${AE_LR:-1e-3}
 AE_ADV_START=${AE_ADV_START:-1000000}   # no adversarial phase by default: it needs far more steps than a CPU run
 AE_SEGMENT=${AE_SEGMENT:-1.0}
 AE_LAMBDA_ALIGN=${AE_LAMBDA_ALIGN:-0}   # the diffusion-alignment loss delays latent use past a CPU budget (README)
 AE_LAMBDA_WAVE=${AE_LAMBDA_WAVE:-1}     # waveform L1: the spectral losses alone leave tones and stereo unreconstructed
-DEC_STEPS=${DEC_STEPS:-300}             # decoder-only fine-tune (level loss) after the full SAME training
+DEC_STEPS=${DEC_STEPS:-100}             # decoder-only fine-tune (level loss) after the full SAME training
+DEC_LR=${DEC_LR:-1e-4}
 DEC_LAMBDA_LEVEL=${DEC_LAMBDA_LEVEL:-2}
 FLOW_STEPS=${FLOW_STEPS:-900}
 FLOW_BATCH=${FLOW_BATCH:-16}
@@ -104,10 +109,14 @@ stage data_heldout python training_examples/synthetic_sounds.py --output_dir "$R
 stage build_init python -m diffusers_sa3.training.tiny_components init --train_data_dir "$RUN_DIR/data/train" \
     --output_dir "$RUN_DIR/init" --text_width "$TEXT_WIDTH" --latent_channels "$LATENT_CHANNELS" \
     --same_heads "$SAME_HEADS" --same_layers "$SAME_LAYERS" --same_patch_size "$SAME_PATCH" \
-    --same_resampling_stride "$SAME_STRIDE" --dit_layers "$DIT_LAYERS" --dit_heads "$DIT_HEADS" \
+    --same_resampling_stride "$SAME_STRIDE" --same_decoder_kernel_size "$SAME_KERNEL" --same_init "$SAME_INIT" \
+    --dit_layers "$DIT_LAYERS" --dit_heads "$DIT_HEADS" \
     --max_text_length "$MAX_TEXT_LENGTH" --seed "$SEED"
 
 # ----------------------------------------------------------------------------------------------- 3. SAME
+SAME_DIR="$RUN_DIR/init/vae"
+if ((AE_STEPS > 0)); then
+SAME_DIR="$RUN_DIR/same"
 stage train_autoencoder "${LAUNCH[@]}" training_examples/train_autoencoder.py \
     --pretrained_model_name_or_path "$RUN_DIR/init" --subfolder vae --train_data_dir "$RUN_DIR/data/train" \
     --output_dir "$RUN_DIR/same" --training_mode full --max_train_steps "$AE_STEPS" --train_batch_size "$AE_BATCH" \
@@ -116,12 +125,13 @@ stage train_autoencoder "${LAUNCH[@]}" training_examples/train_autoencoder.py \
     --lambda_contrast 0 --lambda_align "$AE_LAMBDA_ALIGN" --lambda_wave "$AE_LAMBDA_WAVE" --checkpointing_steps "$CHECKPOINT_EVERY" --checkpoints_total_limit 2 \
     --validation_steps 0 --report_to none --seed "$SEED" --loss_log "$RUN_DIR/same_loss.jsonl" \
     --resume_from_checkpoint latest
+fi
 # Decoder-only fine-tune with the per-channel level loss: the spectral losses alone leave the tiny decoder's output
 # too quiet and nearly mono (training_examples/README); the encoder and so the latents stay exactly as trained.
 stage finetune_decoder "${LAUNCH[@]}" training_examples/train_autoencoder.py \
-    --pretrained_model_name_or_path "$RUN_DIR/same" --train_data_dir "$RUN_DIR/data/train" \
+    --pretrained_model_name_or_path "$SAME_DIR" --train_data_dir "$RUN_DIR/data/train" \
     --output_dir "$RUN_DIR/same_decoder" --training_mode decoder_only --max_train_steps "$DEC_STEPS" \
-    --train_batch_size "$AE_BATCH" --learning_rate "$AE_LR" --adversarial_start_step "$AE_ADV_START" \
+    --train_batch_size "$AE_BATCH" --learning_rate "$DEC_LR" --adversarial_start_step "$AE_ADV_START" \
     --segment_seconds "$AE_SEGMENT" --stft_fft_sizes 2048 512 128 --mel_fft_sizes 2048 512 --mel_bins 80 40 \
     --lambda_level "$DEC_LAMBDA_LEVEL" --lambda_wave "$AE_LAMBDA_WAVE" --checkpointing_steps "$CHECKPOINT_EVERY" --checkpoints_total_limit 2 \
     --validation_steps 0 --report_to none --seed "$SEED" --loss_log "$RUN_DIR/same_decoder_loss.jsonl" \
