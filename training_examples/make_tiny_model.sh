@@ -39,12 +39,13 @@ SAME_STRIDE=${SAME_STRIDE:-1}          # one 1,024-sample patch per latent (43 l
 SAME_KERNEL=${SAME_KERNEL:-1}          # decoder output convolution kernel (1: a third of the weights of 3)
 SAME_INIT=${SAME_INIT:-pca}            # pca: start as the per-channel principal-component coder of the training
                                        # frames (tiny_components.pca_initialise_same); random: build_tiny_same's init
-SAME_LAYERS=${SAME_LAYERS:-2}
+SAME_LAYERS=${SAME_LAYERS:-1}         # one block each: the PCA init leaves any further block an identity (zero branches)
 DIT_LAYERS=${DIT_LAYERS:-6}
 DIT_HEADS=${DIT_HEADS:-2}
 MAX_TEXT_LENGTH=${MAX_TEXT_LENGTH:-32}
 # Step counts and batch sizes.
-# The defaults ran on a 2-core CPU in 7,510 s of stages (stop 13; training_examples/README.md has each stage).
+# Stop 18 ran these defaults (with FLOW_STEPS=1200, SAME_LAYERS=2) in 4,397 s of stages on a 2-core CPU; stop 13 ran the
+# earlier from-scratch SAME recipe in 7,510 s (training_examples/README.md has each stage).
 AE_STEPS=${AE_STEPS:-0}                 # full SAME training from the init (0: none; see README for why)
 AE_BATCH=${AE_BATCH:-8}
 AE_LR=${AE_LR:-1e-3}
@@ -52,7 +53,8 @@ AE_ADV_START=${AE_ADV_START:-1000000}   # no adversarial phase by default: it ne
 AE_SEGMENT=${AE_SEGMENT:-1.0}
 AE_LAMBDA_ALIGN=${AE_LAMBDA_ALIGN:-0}   # the diffusion-alignment loss delays latent use past a CPU budget (README)
 AE_LAMBDA_WAVE=${AE_LAMBDA_WAVE:-1}     # waveform L1: the spectral losses alone leave tones and stereo unreconstructed
-DEC_STEPS=${DEC_STEPS:-100}             # decoder-only fine-tune (level loss) after the full SAME training
+DEC_STEPS=${DEC_STEPS:-0}               # decoder-only fine-tune (level loss) of the SAME (0: none; 100 steps from
+                                        # the PCA init lowered every score: training_examples/README)
 DEC_LR=${DEC_LR:-1e-4}
 DEC_LAMBDA_LEVEL=${DEC_LAMBDA_LEVEL:-2}
 FLOW_STEPS=${FLOW_STEPS:-900}
@@ -128,6 +130,7 @@ stage train_autoencoder "${LAUNCH[@]}" training_examples/train_autoencoder.py \
 fi
 # Decoder-only fine-tune with the per-channel level loss: the spectral losses alone leave the tiny decoder's output
 # too quiet and nearly mono (training_examples/README); the encoder and so the latents stay exactly as trained.
+if ((DEC_STEPS > 0)); then
 stage finetune_decoder "${LAUNCH[@]}" training_examples/train_autoencoder.py \
     --pretrained_model_name_or_path "$SAME_DIR" --train_data_dir "$RUN_DIR/data/train" \
     --output_dir "$RUN_DIR/same_decoder" --training_mode decoder_only --max_train_steps "$DEC_STEPS" \
@@ -136,8 +139,10 @@ stage finetune_decoder "${LAUNCH[@]}" training_examples/train_autoencoder.py \
     --lambda_level "$DEC_LAMBDA_LEVEL" --lambda_wave "$AE_LAMBDA_WAVE" --checkpointing_steps "$CHECKPOINT_EVERY" --checkpoints_total_limit 2 \
     --validation_steps 0 --report_to none --seed "$SEED" --loss_log "$RUN_DIR/same_decoder_loss.jsonl" \
     --resume_from_checkpoint latest
+SAME_DIR="$RUN_DIR/same_decoder"
+fi
 stage build_trained_same python -m diffusers_sa3.training.tiny_components swap-vae --pipeline "$RUN_DIR/init" \
-    --vae "$RUN_DIR/same_decoder" --output_dir "$RUN_DIR/init_trained_same"
+    --vae "$SAME_DIR" --output_dir "$RUN_DIR/init_trained_same"
 
 # ----------------------------------------------------------------------------------------------- 4. latents
 stage pre_encode python training_examples/pre_encode.py --pretrained_model_name_or_path "$RUN_DIR/init_trained_same" \

@@ -329,9 +329,9 @@ def pca_initialise_same(model: SAMEAutoencoderModel, clips: Iterable, max_frames
         if audio.ndim != 2 or audio.shape[0] != 2:
             raise ValueError(f"`clips` must hold `(2, samples)` stereo arrays, got shape {tuple(audio.shape)}.")
         usable = audio.shape[-1] // patch * patch
-        mono = audio[:, :usable].reshape(2 * (usable // patch), patch).double()
+        mono = audio[:, :usable].reshape(2 * (usable // patch), patch)
         frames.append(mono[mono.abs().amax(dim=1) > 1e-4])
-    frames = torch.cat(frames) if frames else torch.zeros(0, patch, dtype=torch.float64)
+    frames = torch.cat(frames) if frames else torch.zeros(0, patch, dtype=torch.float32)
     if len(frames) < per_channel:
         raise ValueError(
             f"`clips` hold {len(frames)} non-silent {patch}-sample frames; at least {per_channel} are needed."
@@ -339,6 +339,7 @@ def pca_initialise_same(model: SAMEAutoencoderModel, clips: Iterable, max_frames
     if len(frames) > max_frames:
         generator = torch.Generator().manual_seed(seed)
         frames = frames[torch.randperm(len(frames), generator=generator)[:max_frames]]
+    frames = frames.double()  # float32 until here: the draw above is the same, and the conversion is exact
     _, singular, basis = torch.linalg.svd(frames, full_matrices=False)
     basis = basis[:per_channel]
     coefficients = frames @ basis.T
