@@ -257,11 +257,13 @@ def _copy_previous_token_block(block: nn.Module, dim: int, head_dim: int, scale:
         weight[3 * dim + head * head_dim + flag_dim, 0] = 1.0
         weight[4 * dim + head * head_dim + flag_dim, 0] = 1.0
     block.attn.to_qkv.weight.copy_(weight)
-    radius = 12.0  # radius^2 / sqrt(32) = 25
+    # Scores after SDPA's 1 / sqrt(head_dim): positional 25 cos(delta + 1), flag-to-flag about 70.
+    radius = math.sqrt(25.0 * math.sqrt(head_dim))
+    flag_gain = math.sqrt(70.0 * math.sqrt(head_dim))
     for norm, phase in ((block.attn.norm_q, -1.0), (block.attn.norm_k, 0.0)):
         norm.alpha.fill_(4.0)
         norm.weight.zero_()
-        norm.weight[flag_dim] = 20.0
+        norm.weight[flag_dim] = flag_gain
         norm.bias.zero_()
         norm.bias[0] = radius * math.cos(phase)
         norm.bias[rotated // 2] = radius * math.sin(phase)
@@ -529,16 +531,10 @@ def build_initial_pipeline(
         decoder_kernel_size=same_decoder_kernel_size,
     )
     if same_init == "pca":
-        import os
+        from .audio_data import find_audio_files, load_audio
 
-        import soundfile as sf
-
-        from .synthetic_sounds import read_metadata
-
-        clips = (
-            sf.read(os.path.join(train_data_dir, row["file_name"]), dtype="float32", always_2d=True)[0].T
-            for row in read_metadata(train_data_dir)
-        )
+        rate = vae.config.sampling_rate
+        clips = (load_audio(path, sample_rate=rate) for path in find_audio_files(train_data_dir))
         pca_initialise_same(vae, clips, seed=seed)
     transformer = build_tiny_transformer(
         latent_channels, text_width, num_layers=dit_layers, num_attention_heads=dit_heads, seed=seed
