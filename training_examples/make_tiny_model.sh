@@ -61,6 +61,9 @@ FLOW_STEPS=${FLOW_STEPS:-900}
 FLOW_BATCH=${FLOW_BATCH:-16}
 FLOW_LR=${FLOW_LR:-1e-3}
 FLOW_WARMUP=${FLOW_WARMUP:-200}
+FLOW_SAMPLER=${FLOW_SAMPLER:-uniform}    # training noise levels: the official wrapper's default; the LoRA script's
+                                         # trunc_logit_normal puts 1 % of them below t = 0.15, where quiet clips are
+                                         # decided (training_examples/README, stop 19)
 EMA_DECAY=${EMA_DECAY:-0.998}
 DISTILL_STEPS=${DISTILL_STEPS:-150}
 DISTILL_BATCH=${DISTILL_BATCH:-8}
@@ -153,7 +156,7 @@ stage train_flow "${LAUNCH[@]}" training_examples/train_flow.py \
     --pretrained_model_name_or_path "$RUN_DIR/init_trained_same" --latents_dir "$RUN_DIR/latents" \
     --output_dir "$RUN_DIR/base" --training_mode full --max_train_steps "$FLOW_STEPS" \
     --train_batch_size "$FLOW_BATCH" --learning_rate "$FLOW_LR" --lr_warmup_steps "$FLOW_WARMUP" \
-    --lr_scheduler constant_with_warmup --use_ema --ema_decay "$EMA_DECAY" --max_seconds 12 --checkpointing_steps "$CHECKPOINT_EVERY" \
+    --lr_scheduler constant_with_warmup --timestep_sampler "$FLOW_SAMPLER" --use_ema --ema_decay "$EMA_DECAY" --max_seconds 12 --checkpointing_steps "$CHECKPOINT_EVERY" \
     --checkpoints_total_limit 2 --report_to none --seed "$SEED" --loss_log "$RUN_DIR/flow_loss.jsonl" \
     --resume_from_checkpoint latest
 
