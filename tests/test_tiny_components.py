@@ -103,9 +103,10 @@ def test_text_encoder_states_keep_their_words(captions, tokenizer):
     # (besides their context); with the library's 0.02 the post-normed branches swamp the tokens and a state is
     # mostly its sentence's mean (measured: 93.6 % against 9.6 % on these 200 training captions).
     texts = captions[0][:200]
-    assert _word_recovery(build_tiny_text_encoder(len(tokenizer)), tokenizer, texts) > 0.9
+    encoder = build_tiny_text_encoder(len(tokenizer))
+    assert _word_recovery(encoder, tokenizer, texts) > 0.9
     assert _word_recovery(build_tiny_text_encoder(len(tokenizer), embedding_std=0.02), tokenizer, texts) < 0.3
-    embeddings = build_tiny_text_encoder(len(tokenizer)).get_input_embeddings().weight.float()
+    embeddings = encoder.get_input_embeddings().weight.float()
     assert embeddings[0].eq(0).all()  # the padding row
     assert abs(embeddings[4:].std().item() * 64**0.5 - 1.0) < 0.05
     with pytest.raises(ValueError, match="`embedding_std`"):
