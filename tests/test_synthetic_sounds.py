@@ -250,3 +250,37 @@ def test_bad_attributes_raise(bad):
     attributes = dict(_attributes("tone", "left", "loud", 1, 1, waveform="sine", note="a4"), **bad)
     with pytest.raises(ValueError, match="waveform|type"):
         synthesize(attributes, np.random.default_rng(0))
+
+
+def test_zero_phase_clips_are_a_function_of_their_attributes():
+    tone = _attributes("tone", "left", "loud", 2, 2, waveform="sawtooth", note="a4")
+    chord = _attributes("chord", "centre", "quiet", 2, 1, waveform="square", note="c4", chord="minor")
+    chirp = _attributes("chirp", "right", "loud", 2, 2, waveform="sine", direction="rising", pitch_hz=200.0)
+    chirp["pitch_end_hz"] = 800.0
+    for attributes in (tone, chord, chirp):
+        zero = [synthesize(attributes, np.random.default_rng(seed), phase="zero") for seed in (0, 1)]
+        np.testing.assert_array_equal(zero[0], zero[1])
+        random = [synthesize(attributes, np.random.default_rng(seed)) for seed in (0, 1)]
+        assert np.abs(random[0] - random[1]).max() > 0.1, "the default draws each oscillator's start phase"
+        # Same sound otherwise: level, side, end and pitch.
+        assert np.isclose(np.abs(zero[0]).max(), np.abs(random[0]).max())
+        s = score_clip(zero[0], SR, attributes)
+        assert s["type_correct"] and s["side_correct"] and s["duration_ok"], s
+    # A zero-phase sine starts at 0 and rises.
+    sine = synthesize(_attributes("tone", "centre", "loud", 1, 1, waveform="sine", note="a4"), None, phase="zero")
+    assert sine[0, 0] == 0.0 and sine[0, 25] > 0  # a quarter period in: the first peak
+    # Noise keeps its randomness.
+    noise = _attributes("noise", "centre", "loud", 1, 1)
+    a, b = (synthesize(noise, np.random.default_rng(seed), phase="zero") for seed in (0, 1))
+    assert not np.allclose(a, b)
+    with pytest.raises(ValueError, match="`phase` must be one of"):
+        synthesize(tone, np.random.default_rng(0), phase="fixed")
+    with pytest.raises(ValueError, match="`phase` must be one of"):
+        write_synthetic_dataset("/nonexistent/never-written", 1, phase="fixed")
+
+
+def test_zero_phase_keeps_the_captions(tmp_path):
+    random = synthetic_examples(4, seed=3, with_audio=False)
+    zero = synthetic_examples(4, seed=3, phase="zero")
+    assert [e["text"] for e in random] == [e["text"] for e in zero]
+    assert [e["attributes"] for e in random] == [e["attributes"] for e in zero]

@@ -26,7 +26,7 @@ import torch
 from diffusers_sa3 import FlowMatchOTScheduler, StableAudio3Pipeline
 from diffusers_sa3.training.audio_metrics import score_clip, summarize_scores
 from diffusers_sa3.training.evaluation import signal_to_noise_ratio
-from diffusers_sa3.training.synthetic_sounds import SAMPLE_RATE, split_combinations, synthetic_example
+from diffusers_sa3.training.synthetic_sounds import PHASES, SAMPLE_RATE, split_combinations, synthetic_example
 
 
 # (metric key, row title, target text, format): fractions print as percentages.
@@ -64,6 +64,12 @@ def parse_args(input_args=None):
         "--max_seconds", type=float, default=None, help="Use only held-out prompts whose clip is at most this long."
     )
     parser.add_argument("--num_prompts", type=int, default=20, help="Number of held-out prompts.")
+    parser.add_argument(
+        "--phase",
+        choices=PHASES,
+        default="random",
+        help="Oscillator start phases of the reference clips (as the training set was written: synthetic_sounds.py).",
+    )
     parser.add_argument("--output_dir", default=None, help="Also write the generated clips there as WAV files.")
     parser.add_argument("--output_json", default=None, help="Also write the table, per-clip scores and settings.")
     parser.add_argument("--post_trained", default=None, help="Post-trained (few-step) pipeline folder.")
@@ -82,14 +88,16 @@ def parse_args(input_args=None):
     return args
 
 
-def held_out_prompts(num_prompts, seed, split_seed, max_seconds=None):
+def held_out_prompts(num_prompts, seed, split_seed, max_seconds=None, phase="random"):
     """The first `num_prompts` held-out examples (with audio) whose duration is at most `max_seconds`."""
     combinations = split_combinations("heldout", split_seed)
     examples, index = [], 0
     while len(examples) < num_prompts:
         example = synthetic_example(index, seed, "heldout", split_seed, with_audio=False, combinations=combinations)
         if max_seconds is None or example["attributes"]["duration"] <= max_seconds:
-            examples.append(synthetic_example(index, seed, "heldout", split_seed, combinations=combinations))
+            examples.append(
+                synthetic_example(index, seed, "heldout", split_seed, combinations=combinations, phase=phase)
+            )
         index += 1
     return examples
 
@@ -177,7 +185,7 @@ def meets_targets(metrics):
 def main(args):
     # 1. Held-out prompts and their ground-truth clips.
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    examples = held_out_prompts(args.num_prompts, args.seed, args.split_seed, args.max_seconds)
+    examples = held_out_prompts(args.num_prompts, args.seed, args.split_seed, args.max_seconds, args.phase)
     columns = {"reference": score_column([e["audio"] for e in examples], examples, SAMPLE_RATE)}
     columns["reference"]["metrics"]["same_snr_db"] = None
 

@@ -14,7 +14,13 @@ Example:
 import argparse
 import collections
 
-from diffusers_sa3.training.synthetic_sounds import SAMPLE_RATE, SPLITS, caption_vocabulary, write_synthetic_dataset
+from diffusers_sa3.training.synthetic_sounds import (
+    PHASES,
+    SAMPLE_RATE,
+    SPLITS,
+    caption_vocabulary,
+    write_synthetic_dataset,
+)
 
 
 def parse_args(input_args=None):
@@ -25,6 +31,12 @@ def parse_args(input_args=None):
     # Flags in alphabetical order.
     parser.add_argument("--num_examples", type=int, default=1000, help="Number of clips.")
     parser.add_argument("--output_dir", required=True, help="Folder to write (created if missing).")
+    parser.add_argument(
+        "--phase",
+        choices=PHASES,
+        default="random",
+        help="Oscillator start phases of tones, chords and chirps: random, or zero (deterministic clips).",
+    )
     parser.add_argument("--sample_rate", type=int, default=SAMPLE_RATE, help="Sampling rate of the WAV files.")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the clips.")
     parser.add_argument(
@@ -47,6 +59,7 @@ def main(args):
         split_seed=args.split_seed,
         sample_rate=args.sample_rate,
         subtype=args.subtype,
+        phase=args.phase,
     )
     counts = collections.Counter(row["type"] for row in rows)
     seconds = sum(row["duration"] for row in rows)

@@ -45,6 +45,7 @@ CHIRP_DIRECTIONS = ("rising", "falling")
 # Start frequencies (Hz) of the two-octave sweeps: rising sweeps go up to 4x, falling ones down to 1/4.
 CHIRP_STARTS = {"rising": (100, 150, 200, 300, 400), "falling": (400, 600, 800, 1200, 1600)}
 SPLITS = ("train", "heldout")
+PHASES = ("random", "zero")
 ATTRIBUTE_NAMES = (
     "type",
     "waveform",
@@ -353,7 +354,9 @@ def _drums(num_samples: int, bpm: int, rng: np.random.Generator, sample_rate: in
     return out
 
 
-def synthesize(attributes: Dict, rng: np.random.Generator, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+def synthesize(
+    attributes: Dict, rng: np.random.Generator, sample_rate: int = SAMPLE_RATE, phase: str = "random"
+) -> np.ndarray:
     """
     Renders a clip from its attributes.
 
@@ -361,23 +364,32 @@ def synthesize(attributes: Dict, rng: np.random.Generator, sample_rate: int = SA
         attributes (`dict`): from [`sample_attributes`].
         rng (`numpy.random.Generator`): source of the noise and of the oscillator start phases.
         sample_rate (`int`, defaults to 44100): output rate.
+        phase (`str`, defaults to `"random"`): start phase of the oscillators (tones, chords, chirps): `"random"`
+            (drawn from `rng`) or `"zero"` (every oscillator starts at phase 0, so a clip is a deterministic function
+            of its attributes except for the noise of noise bursts and drums).
 
     Returns:
         `np.ndarray` of shape `(2, duration x sample_rate)`, float32: the sound with a 5 ms fade-in, a 10 ms fade-out
         ending at `sound_end_seconds`, digital silence after it, panned to `side` (far channel at -12 dB) and scaled to
         the peak of its `loudness`.
     """
+    if phase not in PHASES:
+        raise ValueError(f"`phase` must be one of {PHASES}, got {phase!r}.")
+
+    def start_phase():
+        return rng.random() if phase == "random" else 0.0
+
     num_samples = int(round(attributes["duration"] * sample_rate))
     sound_samples = min(num_samples, int(round(attributes["sound_end_seconds"] * sample_rate)))
     t = np.arange(sound_samples) / sample_rate
     kind = attributes["type"]
     if kind == "tone":
         f0 = attributes["pitch_hz"]
-        mono = _oscillator(f0 * t + rng.random(), attributes["waveform"], f0, sample_rate)
+        mono = _oscillator(f0 * t + start_phase(), attributes["waveform"], f0, sample_rate)
     elif kind == "chord":
         mono = np.zeros(sound_samples)
         for f in chord_frequencies(attributes["pitch_hz"], attributes["chord"]):
-            mono += _oscillator(f * t + rng.random(), attributes["waveform"], f, sample_rate)
+            mono += _oscillator(f * t + start_phase(), attributes["waveform"], f, sample_rate)
     elif kind == "noise":
         mono = rng.standard_normal(sound_samples)
     elif kind == "drums":
@@ -387,7 +399,7 @@ def synthesize(attributes: Dict, rng: np.random.Generator, sample_rate: int = SA
         length = max(sound_samples / sample_rate, 1e-3)
         rate = math.log(f_end / f_start) / length
         # Exponential sweep: f(t) = f_start exp(rate t), phase = integral of f.
-        mono = np.sin(2 * np.pi * (f_start * np.expm1(rate * t) / rate + rng.random()))
+        mono = np.sin(2 * np.pi * (f_start * np.expm1(rate * t) / rate + start_phase()))
     else:
         raise ValueError(f"`attributes['type']` must be one of {SOUND_TYPES}, got {kind!r}.")
 
@@ -419,6 +431,7 @@ def synthetic_example(
     sample_rate: int = SAMPLE_RATE,
     with_audio: bool = True,
     combinations: Optional[Dict[str, List[Tuple]]] = None,
+    phase: str = "random",
 ) -> Dict:
     """
     Example `index` of a split: `{"file_name", "text", "attributes", "audio"}` (`audio` `(2, samples)` float32, or
@@ -433,6 +446,7 @@ def synthetic_example(
         sample_rate (`int`, defaults to 44100): audio rate.
         with_audio (`bool`, defaults to `True`): render the audio.
         combinations (`dict`, *optional*): precomputed [`split_combinations`] of the split (saves time in loops).
+        phase (`str`, defaults to `"random"`): oscillator start phases, `"random"` or `"zero"` (see [`synthesize`]).
     """
     if split not in SPLITS:
         raise ValueError(f"`split` must be one of {SPLITS}, got {split!r}.")
@@ -442,7 +456,11 @@ def synthetic_example(
     rng = np.random.default_rng([seed, code, index])
     attributes = sample_attributes(rng, combinations)
     text = make_caption(attributes, rng)
-    audio = synthesize(attributes, np.random.default_rng([seed, code, index, 1]), sample_rate) if with_audio else None
+    audio = (
+        synthesize(attributes, np.random.default_rng([seed, code, index, 1]), sample_rate, phase)
+        if with_audio
+        else None
+    )
     return {"file_name": f"{split}_{index:06d}.wav", "text": text, "attributes": attributes, "audio": audio}
 
 
@@ -453,13 +471,14 @@ def synthetic_examples(
     split_seed: int = 0,
     sample_rate: int = SAMPLE_RATE,
     with_audio: bool = True,
+    phase: str = "random",
 ) -> List[Dict]:
     """Examples `0 .. num_examples - 1` of a split (see [`synthetic_example`])."""
     if num_examples < 0:
         raise ValueError(f"`num_examples` must be non-negative, got {num_examples}.")
     combinations = split_combinations(split, split_seed)
     return [
-        synthetic_example(i, seed, split, split_seed, sample_rate, with_audio, combinations)
+        synthetic_example(i, seed, split, split_seed, sample_rate, with_audio, combinations, phase)
         for i in range(num_examples)
     ]
 
@@ -472,19 +491,23 @@ def write_synthetic_dataset(
     split_seed: int = 0,
     sample_rate: int = SAMPLE_RATE,
     subtype: str = "PCM_16",
+    phase: str = "random",
 ) -> List[Dict]:
     """
     Writes a data set folder: `<file_name>.wav` (stereo, `subtype` `"PCM_16"` or `"FLOAT"`) with `<file_name>.txt`
     (the caption) beside each, and `metadata.jsonl` with one row per clip: `file_name`, `text` and every attribute
-    (see [`ATTRIBUTE_NAMES`]). The folder reads with `CaptionedAudioDataset`. Returns the metadata rows.
+    (see [`ATTRIBUTE_NAMES`]). The folder reads with `CaptionedAudioDataset`. `phase` is the oscillators' start phase
+    (see [`synthesize`]). Returns the metadata rows.
     """
     if subtype not in ("PCM_16", "FLOAT"):
         raise ValueError(f"`subtype` must be 'PCM_16' or 'FLOAT', got {subtype!r}.")
+    if phase not in PHASES:
+        raise ValueError(f"`phase` must be one of {PHASES}, got {phase!r}.")
     os.makedirs(output_dir, exist_ok=True)
     combinations = split_combinations(split, split_seed)
     rows = []
     for index in range(num_examples):
-        example = synthetic_example(index, seed, split, split_seed, sample_rate, True, combinations)
+        example = synthetic_example(index, seed, split, split_seed, sample_rate, True, combinations, phase)
         path = os.path.join(output_dir, example["file_name"])
         sf.write(path, example["audio"].T, sample_rate, subtype=subtype)
         with open(os.path.splitext(path)[0] + ".txt", "w", encoding="utf-8") as f:
