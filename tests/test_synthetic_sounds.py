@@ -252,7 +252,7 @@ def test_bad_attributes_raise(bad):
         synthesize(attributes, np.random.default_rng(0))
 
 
-def test_zero_phase_clips_are_a_function_of_their_attributes():
+def test_zero_phase_clips_are_a_function_of_their_attributes(tmp_path):
     tone = _attributes("tone", "left", "loud", 2, 2, waveform="sawtooth", note="a4")
     chord = _attributes("chord", "centre", "quiet", 2, 1, waveform="square", note="c4", chord="minor")
     chirp = _attributes("chirp", "right", "loud", 2, 2, waveform="sine", direction="rising", pitch_hz=200.0)
@@ -276,10 +276,11 @@ def test_zero_phase_clips_are_a_function_of_their_attributes():
     with pytest.raises(ValueError, match="`phase` must be one of"):
         synthesize(tone, np.random.default_rng(0), phase="fixed")
     with pytest.raises(ValueError, match="`phase` must be one of"):
-        write_synthetic_dataset("/nonexistent/never-written", 1, phase="fixed")
+        write_synthetic_dataset(str(tmp_path / "never-written"), 1, phase="fixed")
+    assert not (tmp_path / "never-written").exists(), "a bad `phase` must fail before anything is written"
 
 
-def test_zero_phase_keeps_the_captions(tmp_path):
+def test_zero_phase_keeps_the_captions():
     random = synthetic_examples(4, seed=3, with_audio=False)
     zero = synthetic_examples(4, seed=3, phase="zero")
     assert [e["text"] for e in random] == [e["text"] for e in zero]

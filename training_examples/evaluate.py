@@ -64,14 +64,14 @@ def parse_args(input_args=None):
         "--max_seconds", type=float, default=None, help="Use only held-out prompts whose clip is at most this long."
     )
     parser.add_argument("--num_prompts", type=int, default=20, help="Number of held-out prompts.")
+    parser.add_argument("--output_dir", default=None, help="Also write the generated clips there as WAV files.")
+    parser.add_argument("--output_json", default=None, help="Also write the table, per-clip scores and settings.")
     parser.add_argument(
         "--phase",
         choices=PHASES,
         default="random",
         help="Oscillator start phases of the reference clips (as the training set was written: synthetic_sounds.py).",
     )
-    parser.add_argument("--output_dir", default=None, help="Also write the generated clips there as WAV files.")
-    parser.add_argument("--output_json", default=None, help="Also write the table, per-clip scores and settings.")
     parser.add_argument("--post_trained", default=None, help="Post-trained (few-step) pipeline folder.")
     parser.add_argument(
         "--post_trained_steps", type=int, nargs="+", default=[1, 8], help="Step counts of the post-trained model."
