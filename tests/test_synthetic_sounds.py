@@ -285,3 +285,52 @@ def test_zero_phase_keeps_the_captions():
     zero = synthetic_examples(4, seed=3, phase="zero")
     assert [e["text"] for e in random] == [e["text"] for e in zero]
     assert [e["attributes"] for e in random] == [e["attributes"] for e in zero]
+
+
+def test_rms_level_gives_every_sound_type_one_energy_per_loudness(tmp_path):
+    """`level="rms"`: the louder channel's RMS over the sound at -26 / -16 dBFS (loud drums and noise capped by the
+    0.99 peak), measured here independently of the synthesiser; the metrics read the loudness back."""
+    cases = _ground_truth_cases()
+    for index, attributes in enumerate(cases):
+        audio = synthesize(attributes, np.random.default_rng(index), level="rms")
+        sound = audio[:, : int(round(attributes["sound_end_seconds"] * SR))].astype(np.float64)
+        rms_db = 20 * np.log10(np.sqrt((sound**2).mean(axis=1)).max())
+        peak = np.abs(audio).max()
+        target = {"quiet": -26.0, "loud": -16.0}[attributes["loudness"]]
+        assert peak <= 0.99 + 1e-6, attributes
+        if peak < 0.98:  # not capped
+            assert abs(rms_db - target) < 0.05, (attributes, rms_db)
+        else:
+            assert -19.5 < rms_db < target, (attributes, rms_db)
+        s = score_clip(audio, SR, attributes, level="rms")
+        assert s["loudness_correct"] and s["type_correct"] and s["side_correct"] and s["duration_ok"], (attributes, s)
+        # The same clip at peak level is the same sound at another gain.
+        peak_audio = synthesize(attributes, np.random.default_rng(index))
+        np.testing.assert_allclose(audio * (np.abs(peak_audio).max() / peak), peak_audio, atol=1e-6)
+    # Quiet and loud differ by 10 dB for a tone; the peak rule would have made a loud sine louder than a loud square's
+    # RMS by the waveforms' crest factors instead.
+    square = _attributes("tone", "centre", "loud", 1, 1, waveform="square", note="a4")
+    sine = dict(square, waveform="sine")
+    rms = [np.sqrt((synthesize(a, None, phase="zero", level="rms") ** 2).mean()) for a in (square, sine)]
+    assert np.isclose(rms[0], rms[1], rtol=0.01)
+    with pytest.raises(ValueError, match="`level` must be one of"):
+        synthesize(square, None, phase="zero", level="lufs")
+    with pytest.raises(ValueError, match="`level` must be one of"):
+        score_clip(synthesize(square, None, phase="zero"), SR, square, level="lufs")
+    with pytest.raises(ValueError, match="`level` must be one of"):
+        write_synthetic_dataset(str(tmp_path / "never-written"), 1, level="lufs")
+    assert not (tmp_path / "never-written").exists(), "a bad `level` must fail before anything is written"
+
+
+def test_evaluate_reference_clips_follow_the_level_flag():
+    script = _load_script("evaluate")
+    assert script.parse_args(["--level", "rms"]).level == "rms"
+    examples = script.held_out_prompts(6, 1, 0, 3, "zero", "rms")
+    for index, example in enumerate(examples):
+        sound = example["audio"][:, : int(round(example["attributes"]["sound_end_seconds"] * SR))].astype(np.float64)
+        rms_db = 20 * np.log10(np.sqrt((sound**2).mean(axis=1)).max())
+        assert rms_db <= {"quiet": -26.0, "loud": -16.0}[example["attributes"]["loudness"]] + 0.05, example["text"]
+    column = script.score_column([e["audio"] for e in examples], examples, SR, "rms")
+    assert column["metrics"]["loudness_accuracy"] == 1.0
+    with pytest.raises(SystemExit):
+        script.parse_args(["--level", "lufs"])

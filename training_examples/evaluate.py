@@ -26,7 +26,13 @@ import torch
 from diffusers_sa3 import FlowMatchOTScheduler, StableAudio3Pipeline
 from diffusers_sa3.training.audio_metrics import score_clip, summarize_scores
 from diffusers_sa3.training.evaluation import signal_to_noise_ratio
-from diffusers_sa3.training.synthetic_sounds import PHASES, SAMPLE_RATE, split_combinations, synthetic_example
+from diffusers_sa3.training.synthetic_sounds import (
+    LEVELS,
+    PHASES,
+    SAMPLE_RATE,
+    split_combinations,
+    synthetic_example,
+)
 
 
 # (metric key, row title, target text, format): fractions print as percentages.
@@ -61,6 +67,12 @@ def parse_args(input_args=None):
         "--guidance_scale", type=float, default=None, help="CFG scale of the base model (default: the pipeline's)."
     )
     parser.add_argument(
+        "--level",
+        choices=LEVELS,
+        default="peak",
+        help="What the loudness of the reference clips sets (as the training set was written: synthetic_sounds.py).",
+    )
+    parser.add_argument(
         "--max_seconds", type=float, default=None, help="Use only held-out prompts whose clip is at most this long."
     )
     parser.add_argument("--num_prompts", type=int, default=20, help="Number of held-out prompts.")
@@ -88,7 +100,7 @@ def parse_args(input_args=None):
     return args
 
 
-def held_out_prompts(num_prompts, seed, split_seed, max_seconds=None, phase="random"):
+def held_out_prompts(num_prompts, seed, split_seed, max_seconds=None, phase="random", level="peak"):
     """The first `num_prompts` held-out examples (with audio) whose duration is at most `max_seconds`."""
     combinations = split_combinations("heldout", split_seed)
     examples, index = [], 0
@@ -96,7 +108,9 @@ def held_out_prompts(num_prompts, seed, split_seed, max_seconds=None, phase="ran
         example = synthetic_example(index, seed, "heldout", split_seed, with_audio=False, combinations=combinations)
         if max_seconds is None or example["attributes"]["duration"] <= max_seconds:
             examples.append(
-                synthetic_example(index, seed, "heldout", split_seed, combinations=combinations, phase=phase)
+                synthetic_example(
+                    index, seed, "heldout", split_seed, combinations=combinations, phase=phase, level=level
+                )
             )
         index += 1
     return examples
@@ -146,8 +160,8 @@ def reconstruction_snr(vae, audios):
     return float(np.mean(values))
 
 
-def score_column(audios, examples, sample_rate):
-    clips = [score_clip(audio, sample_rate, e["attributes"]) for audio, e in zip(audios, examples)]
+def score_column(audios, examples, sample_rate, level="peak"):
+    clips = [score_clip(audio, sample_rate, e["attributes"], level) for audio, e in zip(audios, examples)]
     return {"metrics": summarize_scores(clips), "clips": clips}
 
 
@@ -185,8 +199,8 @@ def meets_targets(metrics):
 def main(args):
     # 1. Held-out prompts and their ground-truth clips.
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    examples = held_out_prompts(args.num_prompts, args.seed, args.split_seed, args.max_seconds, args.phase)
-    columns = {"reference": score_column([e["audio"] for e in examples], examples, SAMPLE_RATE)}
+    examples = held_out_prompts(args.num_prompts, args.seed, args.split_seed, args.max_seconds, args.phase, args.level)
+    columns = {"reference": score_column([e["audio"] for e in examples], examples, SAMPLE_RATE, args.level)}
     columns["reference"]["metrics"]["same_snr_db"] = None
 
     # 2. Each model: generate, score, and measure its autoencoder on the ground truth.
@@ -201,7 +215,7 @@ def main(args):
         for steps in step_counts:
             column = f"{name}_euler_{steps}" if euler else f"{name}_{steps}"
             audios = generate(pipe, examples, steps, args.seed, args.batch_size, guidance_scale)
-            columns[column] = score_column(audios, examples, pipe.sampling_rate)
+            columns[column] = score_column(audios, examples, pipe.sampling_rate, args.level)
             columns[column]["metrics"]["same_snr_db"] = snr
             if args.output_dir:
                 folder = os.path.join(args.output_dir, column)

@@ -30,6 +30,8 @@ NUM_TRAIN=${NUM_TRAIN:-800}
 NUM_HELDOUT=${NUM_HELDOUT:-200}
 PHASE=${PHASE:-random}                 # oscillator start phases of the set: random, or zero (each tone, chord and chirp
                                        # a fixed function of its attributes; training_examples/README, stop 20)
+LEVEL=${LEVEL:-peak}                   # what a clip's loudness sets: peak (0.1 / 0.8), or rms (every sound type of a
+                                       # loudness at one energy, a 10 dB range; training_examples/README, stop 22)
 # Model sizes (see diffusers_sa3.training.tiny_components).
 TEXT_WIDTH=${TEXT_WIDTH:-64}
 LATENT_CHANNELS=${LATENT_CHANNELS:-64}
@@ -108,9 +110,9 @@ stage() {
 
 # ----------------------------------------------------------------------------------------------- 1. data
 stage data_train python training_examples/synthetic_sounds.py --output_dir "$RUN_DIR/data/train" \
-    --num_examples "$NUM_TRAIN" --split train --seed "$SEED" --phase "$PHASE"
+    --num_examples "$NUM_TRAIN" --split train --seed "$SEED" --phase "$PHASE" --level "$LEVEL"
 stage data_heldout python training_examples/synthetic_sounds.py --output_dir "$RUN_DIR/data/heldout" \
-    --num_examples "$NUM_HELDOUT" --split heldout --seed "$((SEED + 1))" --phase "$PHASE"
+    --num_examples "$NUM_HELDOUT" --split heldout --seed "$((SEED + 1))" --phase "$PHASE" --level "$LEVEL"
 
 # ----------------------------------------------------------------------------------------------- 2. components
 stage build_init python -m diffusers_sa3.training.tiny_components init --train_data_dir "$RUN_DIR/data/train" \
@@ -181,7 +183,7 @@ stage train_adversarial "${LAUNCH[@]}" training_examples/train_adversarial.py \
 # ----------------------------------------------------------------------------------------------- 8. evaluation
 stage evaluate python training_examples/evaluate.py --base "$RUN_DIR/base" --base_steps "$EVAL_BASE_STEPS" \
     --post_trained "$RUN_DIR/post" --post_trained_steps 1 8 --num_prompts "$EVAL_PROMPTS" --seed "$SEED" --phase "$PHASE" \
-    --output_json "$RUN_DIR/eval.json"
+    --level "$LEVEL" --output_json "$RUN_DIR/eval.json"
 
 # ----------------------------------------------------------------------------------------------- 9. cards, shipping
 python - "$RUN_DIR" "$SHIP_DIR" <<'EOF'

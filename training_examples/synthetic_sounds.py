@@ -15,6 +15,7 @@ import argparse
 import collections
 
 from diffusers_sa3.training.synthetic_sounds import (
+    LEVELS,
     PHASES,
     SAMPLE_RATE,
     SPLITS,
@@ -29,6 +30,12 @@ def parse_args(input_args=None):
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     # Flags in alphabetical order.
+    parser.add_argument(
+        "--level",
+        choices=LEVELS,
+        default="peak",
+        help="What the loudness sets: peak (0.1 or 0.8), or rms (the louder channel's RMS at -26 or -16 dBFS).",
+    )
     parser.add_argument("--num_examples", type=int, default=1000, help="Number of clips.")
     parser.add_argument("--output_dir", required=True, help="Folder to write (created if missing).")
     parser.add_argument(
@@ -60,6 +67,7 @@ def main(args):
         sample_rate=args.sample_rate,
         subtype=args.subtype,
         phase=args.phase,
+        level=args.level,
     )
     counts = collections.Counter(row["type"] for row in rows)
     seconds = sum(row["duration"] for row in rows)

@@ -9,7 +9,8 @@ They score a text-to-audio model on prompts from `diffusers_sa3.training.synthet
 - tempo ([`estimate_tempo`], autocorrelation of an onset envelope);
 - stereo side ([`stereo_side`], left/right energy ratio beyond +-3 dB);
 - end of the sound ([`sounding_region`], last frame whose RMS is within 40 dB of the loudest frame);
-- loudness ([`loudness_class`], 99.9th percentile of |x| against -11 dBFS).
+- loudness ([`loudness_class`], 99.9th percentile of |x| against -11 dBFS; for sets written with `level="rms"`, the
+  louder channel's RMS over the sound against -21 dBFS).
 
 Audio is `(channels, samples)` (stereo, or mono as one channel) float, as `diffusers_sa3` pipelines return it.
 """
@@ -21,7 +22,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from scipy.signal import find_peaks, welch
 
-from .synthetic_sounds import chord_frequencies, harmonic_amplitudes
+from .synthetic_sounds import LEVELS, chord_frequencies, harmonic_amplitudes
 
 
 LABELS = ("sine", "square", "sawtooth", "chord", "noise", "drums", "chirp", "silence")
@@ -96,10 +97,29 @@ def stereo_side(audio, threshold_db: float = 3.0) -> str:
     return "centre"
 
 
-def loudness_class(audio, threshold_dbfs: float = -11.0) -> Tuple[str, float]:
-    """`("loud" or "quiet", level)`: the 99.9th percentile of |x| in dBFS against `threshold_dbfs`."""
-    level = float(np.percentile(np.abs(_as_channels(audio)), 99.9))
-    level_db = 20 * math.log10(max(level, 1e-10))
+def loudness_class(
+    audio, threshold_dbfs: Optional[float] = None, level: str = "peak", sample_rate: int = 44100
+) -> Tuple[str, float]:
+    """
+    `("loud" or "quiet", level in dBFS)` of a clip of a set written with `level` (see `synthetic_sounds.synthesize`):
+    for `"peak"` the 99.9th percentile of |x| against `threshold_dbfs` (default -11), for `"rms"` the louder channel's
+    RMS over the [`sounding_region`] against `threshold_dbfs` (default -21: the set's levels are -26 and -16, loud
+    drums at least -19).
+    """
+    if level not in LEVELS:
+        raise ValueError(f"`level` must be one of {LEVELS}, got {level!r}.")
+    audio = _as_channels(audio)
+    if level == "peak":
+        value = float(np.percentile(np.abs(audio), 99.9))
+        threshold_dbfs = -11.0 if threshold_dbfs is None else threshold_dbfs
+    else:
+        region = sounding_region(audio, sample_rate)
+        value = 0.0
+        if region is not None:
+            sound = audio[:, int(region[0] * sample_rate) : int(math.ceil(region[1] * sample_rate))]
+            value = float(np.sqrt(np.mean(sound.astype(np.float64) ** 2, axis=1)).max())
+        threshold_dbfs = -21.0 if threshold_dbfs is None else threshold_dbfs
+    level_db = 20 * math.log10(max(value, 1e-10))
     return ("loud" if level_db >= threshold_dbfs else "quiet"), level_db
 
 
@@ -376,9 +396,10 @@ def semitone_error(estimate_hz: Optional[float], target_hz: float) -> float:
     return min(MAX_PITCH_ERROR_SEMITONES, abs(12 * math.log2(estimate_hz / target_hz)))
 
 
-def score_clip(audio, sample_rate: int, attributes: Dict) -> Dict:
+def score_clip(audio, sample_rate: int, attributes: Dict, level: str = "peak") -> Dict:
     """
-    Measures one clip against the attributes it was asked for (a [`synthetic_sounds`] attribute dict).
+    Measures one clip against the attributes it was asked for (a [`synthetic_sounds`] attribute dict); `level`: what
+    the loudness of the set set, `"peak"` or `"rms"` ([`loudness_class`]).
 
     Returns:
         `dict`: `expected_label`, `label`, `type_correct`; `pitch_error_semitones` (tones: [`estimate_f0`]; chords: the
@@ -420,7 +441,7 @@ def score_clip(audio, sample_rate: int, attributes: Dict) -> Dict:
     scores["end_seconds"] = end
     scores["end_error_seconds"] = None if end is None else float(end - attributes["sound_end_seconds"])
     scores["duration_ok"] = bool(end is not None and abs(scores["end_error_seconds"]) <= DURATION_TOLERANCE_SECONDS)
-    scores["loudness"], _ = loudness_class(audio)
+    scores["loudness"], _ = loudness_class(audio, level=level, sample_rate=sample_rate)
     scores["loudness_correct"] = bool(scores["loudness"] == attributes["loudness"])
     scores["analysis"] = analysis
     return scores

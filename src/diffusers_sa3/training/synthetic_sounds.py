@@ -8,8 +8,9 @@ Every clip is 44.1 kHz stereo, 1 to 12 whole seconds long, and is one of five so
 - `drums`: a drum pattern (kick on beats 1 and 3, snare on 2 and 4, a hi-hat on every beat) at 80 to 140 BPM;
 - `chirp`: an exponential sine sweep rising or falling two octaves.
 
-Each clip also has a stereo position (`left`, `centre`, `right`), a loudness (`quiet`: peak 0.1, `loud`: peak 0.8) and
-may stop before its end (`sound_end_seconds` < `duration`, then digital silence); the caption then says when it stops.
+Each clip also has a stereo position (`left`, `centre`, `right`), a loudness (`level="peak"`, the default: `quiet` peak
+0.1, `loud` peak 0.8; `level="rms"`: the louder channel's RMS over the sound at -26 or -16 dBFS, the peak kept below
+0.99, so that every sound type of a loudness has about the same energy) and may stop before its end (`sound_end_seconds` < `duration`, then digital silence); the caption then says when it stops.
 Captions come from a small grammar with synonyms and varied clause order and use only lower-case words, digits and
 spaces (`"a loud sawtooth wave at a4 panned left"`, `"drum loop at 120 bpm in the centre that stops after 3
 seconds"`).
@@ -46,6 +47,7 @@ CHIRP_DIRECTIONS = ("rising", "falling")
 CHIRP_STARTS = {"rising": (100, 150, 200, 300, 400), "falling": (400, 600, 800, 1200, 1600)}
 SPLITS = ("train", "heldout")
 PHASES = ("random", "zero")
+LEVELS = ("peak", "rms")
 ATTRIBUTE_NAMES = (
     "type",
     "waveform",
@@ -64,6 +66,9 @@ ATTRIBUTE_NAMES = (
 
 _TYPE_WEIGHTS = {"tone": 0.3, "chord": 0.15, "noise": 0.15, "drums": 0.2, "chirp": 0.2}
 _PEAK = {"quiet": 0.1, "loud": 0.8}
+# `level="rms"`: the louder channel's RMS over the sound, in dBFS, and the highest peak it may reach.
+RMS_DBFS = {"quiet": -26.0, "loud": -16.0}
+_MAX_PEAK = 0.99
 # Gain of the far channel for a sound on one side (-12 dB).
 _FAR_GAIN = 0.25
 _FADE_IN_SECONDS = 0.005
@@ -355,7 +360,11 @@ def _drums(num_samples: int, bpm: int, rng: np.random.Generator, sample_rate: in
 
 
 def synthesize(
-    attributes: Dict, rng: np.random.Generator, sample_rate: int = SAMPLE_RATE, phase: str = "random"
+    attributes: Dict,
+    rng: np.random.Generator,
+    sample_rate: int = SAMPLE_RATE,
+    phase: str = "random",
+    level: str = "peak",
 ) -> np.ndarray:
     """
     Renders a clip from its attributes.
@@ -367,14 +376,19 @@ def synthesize(
         phase (`str`, defaults to `"random"`): start phase of the oscillators (tones, chords, chirps): `"random"`
             (drawn from `rng`) or `"zero"` (every oscillator starts at phase 0, so a clip is a deterministic function
             of its attributes except for the noise of noise bursts and drums).
+        level (`str`, defaults to `"peak"`): what `loudness` sets: `"peak"` (peak 0.1 or 0.8) or `"rms"` (the louder
+            channel's RMS over the sound at [`RMS_DBFS`], lowered where the peak would pass 0.99: loud drums and noise
+            bursts).
 
     Returns:
         `np.ndarray` of shape `(2, duration x sample_rate)`, float32: the sound with a 5 ms fade-in, a 10 ms fade-out
         ending at `sound_end_seconds`, digital silence after it, panned to `side` (far channel at -12 dB) and scaled to
-        the peak of its `loudness`.
+        the level of its `loudness`.
     """
     if phase not in PHASES:
         raise ValueError(f"`phase` must be one of {PHASES}, got {phase!r}.")
+    if level not in LEVELS:
+        raise ValueError(f"`level` must be one of {LEVELS}, got {level!r}.")
 
     def start_phase():
         return rng.random() if phase == "random" else 0.0
@@ -415,8 +429,11 @@ def synthesize(
     audio[0, :sound_samples] = gains[0] * mono
     audio[1, :sound_samples] = gains[1] * mono
     peak = np.abs(audio).max()
-    if peak > 0:
+    if peak > 0 and level == "peak":
         audio *= _PEAK[attributes["loudness"]] / peak
+    elif peak > 0:
+        rms = np.sqrt(np.mean(audio[:, :sound_samples] ** 2, axis=1)).max()
+        audio *= min(10 ** (RMS_DBFS[attributes["loudness"]] / 20) / rms, _MAX_PEAK / peak)
     return audio.astype(np.float32)
 
 
@@ -432,6 +449,7 @@ def synthetic_example(
     with_audio: bool = True,
     combinations: Optional[Dict[str, List[Tuple]]] = None,
     phase: str = "random",
+    level: str = "peak",
 ) -> Dict:
     """
     Example `index` of a split: `{"file_name", "text", "attributes", "audio"}` (`audio` `(2, samples)` float32, or
@@ -447,6 +465,7 @@ def synthetic_example(
         with_audio (`bool`, defaults to `True`): render the audio.
         combinations (`dict`, *optional*): precomputed [`split_combinations`] of the split (saves time in loops).
         phase (`str`, defaults to `"random"`): oscillator start phases, `"random"` or `"zero"` (see [`synthesize`]).
+        level (`str`, defaults to `"peak"`): what the loudness sets, `"peak"` or `"rms"` (see [`synthesize`]).
     """
     if split not in SPLITS:
         raise ValueError(f"`split` must be one of {SPLITS}, got {split!r}.")
@@ -457,7 +476,7 @@ def synthetic_example(
     attributes = sample_attributes(rng, combinations)
     text = make_caption(attributes, rng)
     audio = (
-        synthesize(attributes, np.random.default_rng([seed, code, index, 1]), sample_rate, phase)
+        synthesize(attributes, np.random.default_rng([seed, code, index, 1]), sample_rate, phase, level)
         if with_audio
         else None
     )
@@ -472,13 +491,14 @@ def synthetic_examples(
     sample_rate: int = SAMPLE_RATE,
     with_audio: bool = True,
     phase: str = "random",
+    level: str = "peak",
 ) -> List[Dict]:
     """Examples `0 .. num_examples - 1` of a split (see [`synthetic_example`])."""
     if num_examples < 0:
         raise ValueError(f"`num_examples` must be non-negative, got {num_examples}.")
     combinations = split_combinations(split, split_seed)
     return [
-        synthetic_example(i, seed, split, split_seed, sample_rate, with_audio, combinations, phase)
+        synthetic_example(i, seed, split, split_seed, sample_rate, with_audio, combinations, phase, level)
         for i in range(num_examples)
     ]
 
@@ -492,22 +512,25 @@ def write_synthetic_dataset(
     sample_rate: int = SAMPLE_RATE,
     subtype: str = "PCM_16",
     phase: str = "random",
+    level: str = "peak",
 ) -> List[Dict]:
     """
     Writes a data set folder: `<file_name>.wav` (stereo, `subtype` `"PCM_16"` or `"FLOAT"`) with `<file_name>.txt`
     (the caption) beside each, and `metadata.jsonl` with one row per clip: `file_name`, `text` and every attribute
     (see [`ATTRIBUTE_NAMES`]). The folder reads with `CaptionedAudioDataset`. `phase` is the oscillators' start phase
-    (see [`synthesize`]). Returns the metadata rows.
+    and `level` what the loudness sets (see [`synthesize`]). Returns the metadata rows.
     """
     if subtype not in ("PCM_16", "FLOAT"):
         raise ValueError(f"`subtype` must be 'PCM_16' or 'FLOAT', got {subtype!r}.")
     if phase not in PHASES:
         raise ValueError(f"`phase` must be one of {PHASES}, got {phase!r}.")
+    if level not in LEVELS:
+        raise ValueError(f"`level` must be one of {LEVELS}, got {level!r}.")
     os.makedirs(output_dir, exist_ok=True)
     combinations = split_combinations(split, split_seed)
     rows = []
     for index in range(num_examples):
-        example = synthetic_example(index, seed, split, split_seed, sample_rate, True, combinations, phase)
+        example = synthetic_example(index, seed, split, split_seed, sample_rate, True, combinations, phase, level)
         path = os.path.join(output_dir, example["file_name"])
         sf.write(path, example["audio"].T, sample_rate, subtype=subtype)
         with open(os.path.splitext(path)[0] + ".txt", "w", encoding="utf-8") as f:
