@@ -307,8 +307,7 @@ def test_rms_level_gives_every_sound_type_one_energy_per_loudness(tmp_path):
         # The same clip at peak level is the same sound at another gain.
         peak_audio = synthesize(attributes, np.random.default_rng(index))
         np.testing.assert_allclose(audio * (np.abs(peak_audio).max() / peak), peak_audio, atol=1e-6)
-    # Quiet and loud differ by 10 dB for a tone; the peak rule would have made a loud sine louder than a loud square's
-    # RMS by the waveforms' crest factors instead.
+    # A loud square and a loud sine get the same RMS (the peak rule would leave them apart by their crest factors).
     square = _attributes("tone", "centre", "loud", 1, 1, waveform="square", note="a4")
     sine = dict(square, waveform="sine")
     rms = [np.sqrt((synthesize(a, None, phase="zero", level="rms") ** 2).mean()) for a in (square, sine)]

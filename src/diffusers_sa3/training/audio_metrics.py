@@ -398,8 +398,8 @@ def semitone_error(estimate_hz: Optional[float], target_hz: float) -> float:
 
 def score_clip(audio, sample_rate: int, attributes: Dict, level: str = "peak") -> Dict:
     """
-    Measures one clip against the attributes it was asked for (a [`synthetic_sounds`] attribute dict); `level`: what
-    the loudness of the set set, `"peak"` or `"rms"` ([`loudness_class`]).
+    Measures one clip against the attributes it was asked for (a [`synthetic_sounds`] attribute dict); `level`: how the
+    set's loudness was set, `"peak"` or `"rms"` ([`loudness_class`]).
 
     Returns:
         `dict`: `expected_label`, `label`, `type_correct`; `pitch_error_semitones` (tones: [`estimate_f0`]; chords: the

@@ -10,7 +10,8 @@ Every clip is 44.1 kHz stereo, 1 to 12 whole seconds long, and is one of five so
 
 Each clip also has a stereo position (`left`, `centre`, `right`), a loudness (`level="peak"`, the default: `quiet` peak
 0.1, `loud` peak 0.8; `level="rms"`: the louder channel's RMS over the sound at -26 or -16 dBFS, the peak kept below
-0.99, so that every sound type of a loudness has about the same energy) and may stop before its end (`sound_end_seconds` < `duration`, then digital silence); the caption then says when it stops.
+0.99, so that every sound type of a loudness has about the same energy) and may stop before its end
+(`sound_end_seconds` < `duration`, then digital silence); the caption then says when it stops.
 Captions come from a small grammar with synonyms and varied clause order and use only lower-case words, digits and
 spaces (`"a loud sawtooth wave at a4 panned left"`, `"drum loop at 120 bpm in the centre that stops after 3
 seconds"`).
