@@ -14,6 +14,7 @@ from diffusers_sa3.training.tiny_components import (
     build_tiny_text_encoder,
     build_tiny_transformer,
     build_word_tokenizer,
+    gain_shape_initialise_same,
     max_sample_size_for,
     pca_initialise_same,
 )
@@ -332,6 +333,98 @@ def test_pca_initialise_same_rejects_unsuited_models():
         pca_initialise_same(build_tiny_same(patch_size=256, resampling_stride=1), [torch.zeros(1, 4096)])
 
 
+@pytest.fixture(scope="module")
+def gain_shape_same():
+    import numpy as np
+
+    clips = [e["audio"] for e in synthetic_examples(40, seed=0)]
+    model = build_tiny_same(
+        latent_channels=32,
+        num_attention_heads=4,
+        num_layers=3,
+        num_decoder_layers=2,
+        patch_size=256,
+        resampling_stride=1,
+        decoder_kernel_size=1,
+    )
+    info = gain_shape_initialise_same(model, clips, max_frames=10**6)  # every frame, as the reference below
+    # Independent reference in numpy: the top 15 components per channel of the same mono frames and their scale.
+    frames = np.concatenate([c[:, : c.shape[-1] // 256 * 256].reshape(-1, 256) for c in clips]).astype(np.float64)
+    frames = frames[np.abs(frames).max(axis=1) > 1e-4]
+    basis = np.linalg.svd(frames, full_matrices=False)[2][:15]
+    scale = (frames @ basis.T).std(ddof=1)
+    return model.eval(), basis, scale, info
+
+
+@torch.no_grad()
+def test_gain_shape_same_codes_each_frame_as_unit_shape_and_log_gain(gain_shape_same):
+    """`gain_shape_initialise_same`: the decoded audio is numpy's per-channel projection on the top components (SNR
+    within 0.1 dB); the last two latents are each channel's normalised log RMS of the coefficients and the others
+    the coefficients divided by that RMS (numpy, within 0.01), also for the tone 20 dB quieter, whose louder channel's
+    gain latent is lower by log(10) / std; silence codes as zero shape and decodes to silence."""
+    import numpy as np
+
+    from diffusers_sa3.training import audio_metrics
+
+    model, basis, scale, info = gain_shape_same
+    assert info["fit_error"] < 1e-3
+    t = np.arange(344 * 256) / 44100
+    tone = 0.4 * np.sin(2 * np.pi * 440.0 * t + 0.3)
+    audio = np.stack([tone, 0.25 * tone]).astype(np.float32)  # panned left by 12 dB
+
+    def code(x):
+        return model.encode(torch.from_numpy(x)[None]).latents
+
+    latents = code(audio)
+    decoded = model.decode(latents, add_noise=False).sample[0, :, : audio.shape[-1]].double().numpy()
+    frames = audio.reshape(-1, 256).astype(np.float64)
+    reference = (frames @ basis.T @ basis).reshape(audio.shape)
+
+    def snr(x):
+        return 10 * np.log10((audio**2).sum() / ((audio - x) ** 2).sum())
+
+    assert snr(reference) > 15.0
+    assert abs(snr(decoded) - snr(reference)) < 0.1
+    assert abs(audio_metrics.stereo_balance_db(decoded) - audio_metrics.stereo_balance_db(audio)) < 0.5
+
+    def expected(x):  # numpy's gain and shape latents, the components' signs as the model's basis
+        coefficients = (x.reshape(2, -1, 256).astype(np.float64) @ basis.T) / scale  # (channel, frame, component)
+        log_gain = 0.5 * np.log((coefficients**2).mean(axis=-1) + 0.01**2)
+        shape = (coefficients / np.exp(log_gain)[..., None]).transpose(2, 0, 1)  # (component, channel, frame)
+        return (log_gain - info["gain_mean"]) / info["gain_std"], shape
+
+    gain, shape = expected(audio)
+    model_shape = latents[0, :30].reshape(15, 2, -1).double().numpy()
+    signs = np.sign((model_shape * shape).sum(axis=(1, 2)))[:, None, None]
+    assert np.abs(shape).max() > 1.0
+    np.testing.assert_allclose(latents[0, 30:].double().numpy(), gain, atol=1e-2)
+    np.testing.assert_allclose(model_shape, signs * shape, atol=1e-2)
+    assert abs(np.sqrt((model_shape**2).mean(axis=0)).mean() - 1.0) < 0.01  # unit RMS in every frame
+
+    quiet = code(audio / 10)
+    gain, shape = expected(audio / 10)
+    np.testing.assert_allclose(quiet[0, 30:].double().numpy(), gain, atol=1e-2)
+    np.testing.assert_allclose(quiet[0, :30].reshape(15, 2, -1).double().numpy(), signs * shape, atol=1e-2)
+    gain_drop = (latents[0, 30:] - quiet[0, 30:]).double().numpy()
+    np.testing.assert_allclose(gain_drop[0], math.log(10) / info["gain_std"], atol=1e-2)  # the louder channel
+
+    silence = code(np.zeros((2, 44100), np.float32))
+    assert silence[:, :30].abs().max() < 1e-3
+    decoded = model.decode(silence, generator=torch.Generator().manual_seed(0)).sample
+    assert decoded.abs().max() < 1e-3
+
+
+def test_gain_shape_initialise_same_rejects_unsuited_models():
+    clips = [e["audio"] for e in synthetic_examples(4, seed=0)]
+    with pytest.raises(ValueError, match="3 encoder and 2 decoder layers"):
+        gain_shape_initialise_same(build_tiny_same(num_attention_heads=4, patch_size=256, resampling_stride=1), clips)
+    options = {"num_layers": 3, "num_decoder_layers": 2, "patch_size": 256, "resampling_stride": 1}
+    with pytest.raises(ValueError, match="latent_channels"):
+        gain_shape_initialise_same(build_tiny_same(latent_channels=64, num_attention_heads=2, **options), clips)
+    with pytest.raises(ValueError, match="floor"):
+        gain_shape_initialise_same(build_tiny_same(num_attention_heads=4, **options), clips, floor=0.0)
+
+
 @torch.no_grad()
 def test_initial_pipeline_with_pca_same_reads_the_train_folder(tmp_path):
     """`build_initial_pipeline(same_init="pca")` fits the SAME on the folder's audio: a training clip comes back
@@ -359,3 +452,5 @@ def test_initial_pipeline_with_pca_same_reads_the_train_folder(tmp_path):
     assert snr(build_initial_pipeline(str(tmp_path / "data"), **options)) < 0.0
     with pytest.raises(ValueError, match="same_init"):
         build_initial_pipeline(str(tmp_path / "data"), same_init="svd", **options)
+    gain_shape = {**options, "same_layers": 3, "same_decoder_layers": 2}
+    assert snr(build_initial_pipeline(str(tmp_path / "data"), same_init="gain_shape", **gain_shape)) > 5.0

@@ -42,8 +42,12 @@ SAME_STRIDE=${SAME_STRIDE:-1}          # one 1,024-sample patch per latent (43 l
                                        # training_examples/README)
 SAME_KERNEL=${SAME_KERNEL:-1}          # decoder output convolution kernel (1: a third of the weights of 3)
 SAME_INIT=${SAME_INIT:-pca}            # pca: start as the per-channel principal-component coder of the training
-                                       # frames (tiny_components.pca_initialise_same); random: build_tiny_same's init
-SAME_LAYERS=${SAME_LAYERS:-1}         # one block each: the PCA init leaves any further block an identity (zero branches)
+                                       # frames (tiny_components.pca_initialise_same); gain_shape: the same coefficients
+                                       # divided by their RMS per frame and channel, log RMS as two more latents
+                                       # (gain_shape_initialise_same); random: build_tiny_same's init
+SAME_LAYERS=${SAME_LAYERS:-1}         # one block each: the PCA init leaves any further block an identity (zero branches);
+                                      # gain_shape needs 3 (and SAME_DECODER_LAYERS=2)
+SAME_DECODER_LAYERS=${SAME_DECODER_LAYERS:-$SAME_LAYERS}
 DIT_LAYERS=${DIT_LAYERS:-6}
 DIT_HEADS=${DIT_HEADS:-2}
 MAX_TEXT_LENGTH=${MAX_TEXT_LENGTH:-32}
@@ -117,7 +121,7 @@ stage data_heldout python training_examples/synthetic_sounds.py --output_dir "$R
 # ----------------------------------------------------------------------------------------------- 2. components
 stage build_init python -m diffusers_sa3.training.tiny_components init --train_data_dir "$RUN_DIR/data/train" \
     --output_dir "$RUN_DIR/init" --text_width "$TEXT_WIDTH" --latent_channels "$LATENT_CHANNELS" \
-    --same_heads "$SAME_HEADS" --same_layers "$SAME_LAYERS" --same_patch_size "$SAME_PATCH" \
+    --same_heads "$SAME_HEADS" --same_layers "$SAME_LAYERS" --same_decoder_layers "$SAME_DECODER_LAYERS" --same_patch_size "$SAME_PATCH" \
     --same_resampling_stride "$SAME_STRIDE" --same_decoder_kernel_size "$SAME_KERNEL" --same_init "$SAME_INIT" \
     --dit_layers "$DIT_LAYERS" --dit_heads "$DIT_HEADS" \
     --max_text_length "$MAX_TEXT_LENGTH" --seed "$SEED"

@@ -30,6 +30,9 @@ SPECIAL_TOKENS = (PAD_TOKEN, EOS_TOKEN, BOS_TOKEN, UNK_TOKEN)  # ids 0, 1, 2, 3,
 # down to t = 0.003 (50 steps).
 TINY_LOGSNR_END = 6.0
 
+# Initialisations of the tiny SAME (`build_initial_pipeline(same_init=...)`).
+SAME_INITS = ("random", "pca", "gain_shape")
+
 
 def build_word_tokenizer(vocabulary: Iterable[str], model_max_length: int = 64):
     r"""
@@ -180,6 +183,7 @@ def build_tiny_same(
     branch_init_std: float = 0.02,
     input_gain: float = 20.0,
     decoder_kernel_size: int = 3,
+    num_decoder_layers: Optional[int] = None,
 ) -> SAMEAutoencoderModel:
     r"""
     A tiny SAME-S style autoencoder (chunked attention of 32 latent frames, midpoint shift, conv mapping in the
@@ -201,7 +205,8 @@ def build_tiny_same(
         latent_channels (`int`, defaults to 32): Latent channels, the transformer's `in_channels`.
         num_attention_heads (`int`, defaults to 2): Heads of the encoder and decoder transformers.
         attention_head_dim (`int`, defaults to 32): Width of each head (the model width is heads x head dim).
-        num_layers (`int`, defaults to 2): Transformer layers of the encoder and of the decoder.
+        num_layers (`int`, defaults to 2): Transformer layers of the encoder (and of the decoder, unless
+            `num_decoder_layers` is given).
         seed (`int`, defaults to 0): Seed of the random initialisation.
         patch_size (`int`, defaults to 256): Samples per patch. The first and last layers map `2 * patch_size` values
             to the model width and back, so a width below `2 * patch_size` caps what the decoder can represent: the
@@ -217,6 +222,7 @@ def build_tiny_same(
             official).
         decoder_kernel_size (`int`, defaults to 3): Kernel of the decoder's output convolution (3 as SAME-S; 1 as
             SAME-L, a third of its weights).
+        num_decoder_layers (`int`, *optional*): Transformer layers of the decoder (default: `num_layers`).
     """
     if input_gain <= 0:
         raise ValueError(f"`input_gain` must be positive, got {input_gain}: 1 keeps the official input projection.")
@@ -227,7 +233,7 @@ def build_tiny_same(
             num_attention_heads=num_attention_heads,
             attention_head_dim=attention_head_dim,
             num_encoder_layers=num_layers,
-            num_decoder_layers=num_layers,
+            num_decoder_layers=num_layers if num_decoder_layers is None else num_decoder_layers,
             sliding_window=None,
             attention_chunk_size=2 * resampling_stride,
             patch_size=patch_size,
@@ -302,6 +308,32 @@ def _set_weight_norm_conv(conv: nn.Module, weight: torch.Tensor) -> None:
     conv.bias.zero_()
 
 
+def _frame_components(clips: Iterable, patch: int, minimum: int, max_frames: int, seed: int):
+    """
+    The non-silent mono `patch`-sample frames of stereo `clips` (at most `max_frames`, a seeded draw; at least
+    `minimum`) in float64, and their principal components (no centring): `(frames, singular values, basis rows)`.
+    """
+    frames = []
+    for clip in clips:
+        audio = torch.as_tensor(clip, dtype=torch.float32)
+        if audio.ndim != 2 or audio.shape[0] != 2:
+            raise ValueError(f"`clips` must hold `(2, samples)` stereo arrays, got shape {tuple(audio.shape)}.")
+        usable = audio.shape[-1] // patch * patch
+        mono = audio[:, :usable].reshape(2 * (usable // patch), patch)
+        frames.append(mono[mono.abs().amax(dim=1) > 1e-4])
+    frames = torch.cat(frames) if frames else torch.zeros(0, patch, dtype=torch.float32)
+    if len(frames) < minimum:
+        raise ValueError(
+            f"`clips` hold {len(frames)} non-silent {patch}-sample frames; at least {minimum} are needed."
+        )
+    if len(frames) > max_frames:
+        generator = torch.Generator().manual_seed(seed)
+        frames = frames[torch.randperm(len(frames), generator=generator)[:max_frames]]
+    frames = frames.double()  # float32 until here: the draw above is the same, and the conversion is exact
+    _, singular, basis = torch.linalg.svd(frames, full_matrices=False)
+    return frames, singular, basis
+
+
 @torch.no_grad()
 def pca_initialise_same(model: SAMEAutoencoderModel, clips: Iterable, max_frames: int = 20000, seed: int = 0) -> Dict:
     r"""
@@ -345,24 +377,7 @@ def pca_initialise_same(model: SAMEAutoencoderModel, clips: Iterable, max_frames
             f"rounded down to even) and a head dim of at least 4; got audio_channels={config.audio_channels}, "
             f"latent_channels={latents}, attention_head_dim={head_dim}."
         )
-    frames = []
-    for clip in clips:
-        audio = torch.as_tensor(clip, dtype=torch.float32)
-        if audio.ndim != 2 or audio.shape[0] != 2:
-            raise ValueError(f"`clips` must hold `(2, samples)` stereo arrays, got shape {tuple(audio.shape)}.")
-        usable = audio.shape[-1] // patch * patch
-        mono = audio[:, :usable].reshape(2 * (usable // patch), patch)
-        frames.append(mono[mono.abs().amax(dim=1) > 1e-4])
-    frames = torch.cat(frames) if frames else torch.zeros(0, patch, dtype=torch.float32)
-    if len(frames) < per_channel:
-        raise ValueError(
-            f"`clips` hold {len(frames)} non-silent {patch}-sample frames; at least {per_channel} are needed."
-        )
-    if len(frames) > max_frames:
-        generator = torch.Generator().manual_seed(seed)
-        frames = frames[torch.randperm(len(frames), generator=generator)[:max_frames]]
-    frames = frames.double()  # float32 until here: the draw above is the same, and the conversion is exact
-    _, singular, basis = torch.linalg.svd(frames, full_matrices=False)
+    frames, singular, basis = _frame_components(clips, patch, per_channel, max_frames, seed)
     basis = basis[:per_channel]
     coefficients = frames @ basis.T
     input_scale = coefficients.std().item()
@@ -411,6 +426,311 @@ def pca_initialise_same(model: SAMEAutoencoderModel, clips: Iterable, max_frames
     _set_weight_norm_conv(model.decoder.conv_out, synthesis)
     energy = float((singular[: latents // 2] ** 2).sum() / (singular**2).sum())
     return {"energy_kept": energy, "frames": len(frames)}
+
+
+def _silu_ramps(x: torch.Tensor, knots: torch.Tensor, widths: torch.Tensor, falling: bool) -> torch.Tensor:
+    """SiLU ramps `silu((knot - x) / width)` (falling) or `silu((x - knot) / width)`, one column per knot."""
+    z = (knots - x[:, None]) / widths if falling else (x[:, None] - knots) / widths
+    return torch.nn.functional.silu(z)
+
+
+def _fit_ramps(basis: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, ridge: float = 1e-10):
+    """Weighted ridge least squares of `target` on the ramp columns plus a constant: `(ramp weights, constant)`."""
+    design = torch.cat([basis, torch.ones_like(target)[:, None]], dim=1) * weight[:, None]
+    scale = design.norm(dim=0).clamp(min=1e-30)
+    design = design / scale
+    gram = design.T @ design + ridge * torch.eye(design.shape[1], dtype=design.dtype)
+    solution = torch.linalg.solve(gram, design.T @ (target * weight)) / scale
+    return solution[:-1], solution[-1]
+
+
+def _linear_norm(norm: nn.Module, alpha: float, channels: torch.Tensor, one: int) -> None:
+    """Sets a DyT norm to the identity on `channels` (in its linear range: `|alpha * x|` small), 0 on the others
+    and the constant 1 on channel `one` (through its bias)."""
+    norm.alpha.fill_(alpha)
+    norm.weight.zero_()
+    norm.weight[channels] = 1.0 / alpha
+    norm.bias.zero_()
+    norm.bias[one] = 1.0
+
+
+def _zero_feed_forward(block: nn.Module) -> None:
+    block.ff.proj_in.weight.zero_()
+    block.ff.proj_in.bias.zero_()
+    block.ff.proj_out.weight.zero_()
+    block.ff.proj_out.bias.zero_()
+
+
+def _zero_branches(block: nn.Module) -> None:
+    block.attn.to_out.weight.zero_()
+    _zero_feed_forward(block)
+
+
+def _set_products(block: nn.Module, pairs, one: int, factor: float, gate_unit: float = 20.0) -> None:
+    """
+    Feed-forward of `block` replacing channel `x` by `factor * x * y` for each `(x, y)` channel pair, exactly: a
+    SwiGLU unit with value and gate `z` gives `z * silu(z)`, and `z * silu(z) + (-z) * silu(-z) = z^2`, so four units
+    give `(x + y)^2 - (x - y)^2 = 4 x y`; a fifth (gate the constant `gate_unit`) removes `x`.
+    """
+    ff = block.ff
+    inner = ff.proj_out.in_features
+    value, gate = ff.proj_in.weight[:inner], ff.proj_in.weight[inner:]
+    ff.proj_in.weight.zero_()
+    ff.proj_in.bias.zero_()
+    ff.proj_out.weight.zero_()
+    ff.proj_out.bias.zero_()
+    unit = 0
+    for x, y in pairs:
+        for sign_y, out in ((1.0, 0.25 * factor), (-1.0, -0.25 * factor)):
+            for sign in (1.0, -1.0):
+                for rows in (value, gate):
+                    rows[unit, x] = sign
+                    rows[unit, y] = sign * sign_y
+                ff.proj_out.weight[x, unit] = out
+                unit += 1
+        value[unit, x] = 1.0
+        gate[unit, one] = gate_unit
+        ff.proj_out.weight[x, unit] = -1.0 / torch.nn.functional.silu(torch.tensor(gate_unit)).item()
+        unit += 1
+
+
+@torch.no_grad()
+def gain_shape_initialise_same(
+    model: SAMEAutoencoderModel,
+    clips: Iterable,
+    max_frames: int = 20000,
+    seed: int = 0,
+    floor: float = 0.01,
+    num_units: int = 64,
+) -> Dict:
+    r"""
+    Data-dependent initialisation of a one-patch-per-latent tiny SAME as a gain-shape coder of the principal-component
+    coefficients of its audio frames, written into the official architecture.
+
+    The principal-component SAME ([`pca_initialise_same`]) is linear, so its latents scale with the loudness: over the
+    synthetic set their RMS spans 0.08-1.93 even at two fixed levels, and a tiny DiT trained on them does not learn
+    the prompts' stereo side, while on the same latents scaled to unit RMS per clip it does within 300 steps
+    (training_examples/README, stops 21-22). Here, per latent frame and audio channel, `K = latent_channels / 2 - 1`
+    principal-component coefficients `c` are divided by their RMS `g = sqrt(mean(c^2) + floor^2)` (the shape, unit
+    RMS in every sounding frame) and `log g` becomes its own latent (normalised over the set), so the level, the side
+    and the silences are means of two latents and the shape keeps one scale.
+
+    Encoder (`num_encoder_layers >= 3`): the input projection computes the coefficients (in units of their standard
+    deviation); block 1 copies each patch token into its new token ([`_copy_previous_token_block`]) and its
+    feed-forward computes `e = mean(c^2)` per channel exactly (SwiGLU squares); block 2's feed-forward computes
+    `1 / g` and `log g` from `e` with `num_units` SiLU ramps per channel (least-squares fits on a log grid); block 3's
+    multiplies each coefficient by `1 / g` (exact SwiGLU products). Decoder (`num_decoder_layers >= 2`): block 1
+    copies each latent into its new token and computes `g = exp(log g)` with `num_units` SiLU ramps (fitted to the
+    encoder's own `1 / g`, so that encoding then decoding multiplies by 1 up to the fit error), block 2 multiplies
+    the shape back by `g`, and the output convolution synthesises the frames from the basis. Further blocks are
+    identities.
+
+    Args:
+        model ([`SAMEAutoencoderModel`]): a chunked-attention stereo model with `resampling_stride=1`, an even
+            `latent_channels` with `latent_channels + 6 <= width`, and a feed-forward of at least
+            `5 * (latent_channels - 2)` and `num_units` units; modified in place.
+        clips (iterable of `(2, samples)` arrays or tensors): training audio at the model's rate.
+        max_frames (`int`, defaults to 20000): mono frames drawn (seeded) for the decomposition.
+        seed (`int`, defaults to 0): seed of that draw.
+        floor (`float`, defaults to 0.01): RMS (in units of the coefficients' standard deviation) below which a frame
+            counts as silent: `g` never falls below it, so silence codes as a zero shape at the lowest gain.
+        num_units (`int`, defaults to 64): SiLU ramps of each fitted function per channel.
+
+    Returns:
+        `dict`: `energy_kept` (share of the frames' energy in the kept components), `frames`, `gain_mean` and
+        `gain_std` (of `log g` over the non-silent frames, its normalisation), and `fit_error` (the largest relative
+        error of `encode -> decode` on the gain over the frames' range).
+    """
+    config = model.config
+    width, head_dim = config.num_attention_heads * config.attention_head_dim, config.attention_head_dim
+    patch, latents = config.patch_size, config.latent_channels
+    inner = int(width * config.mlp_ratio)
+    shapes = latents // 2 - 1
+    if config.resampling_stride != 1 or config.sliding_window is not None:
+        raise ValueError(
+            f"`model` must have `resampling_stride=1` and chunked attention (`sliding_window=None`), got "
+            f"resampling_stride={config.resampling_stride}, sliding_window={config.sliding_window}; build it with "
+            "`build_tiny_same(resampling_stride=1, ...)`."
+        )
+    if config.num_encoder_layers < 3 or config.num_decoder_layers < 2:
+        raise ValueError(
+            f"`model` needs at least 3 encoder and 2 decoder layers, got {config.num_encoder_layers} and "
+            f"{config.num_decoder_layers}; build it with `build_tiny_same(num_layers=3, num_decoder_layers=2, ...)`."
+        )
+    if (
+        config.audio_channels != 2
+        or latents % 2
+        or shapes < 1
+        or latents + 6 > width
+        or head_dim < 4
+        or inner < max(5 * 2 * shapes, 2 * num_units)
+    ):
+        raise ValueError(
+            f"`model` needs stereo audio, an even `latent_channels` of at least 4 and at most width - 6 ({width - 6}), "
+            f"a head dim of at least 4 and a feed-forward of at least {max(5 * 2 * shapes, 2 * num_units)} units; "
+            f"got audio_channels={config.audio_channels}, latent_channels={latents}, attention_head_dim={head_dim}, "
+            f"feed-forward {inner} (width x mlp_ratio)."
+        )
+    if not floor > 0 or num_units < 4:
+        raise ValueError(f"`floor` must be positive and `num_units` at least 4, got {floor} and {num_units}.")
+    frames, singular, basis = _frame_components(clips, patch, shapes, max_frames, seed)
+    basis = basis[:shapes]
+    coefficients = frames @ basis.T
+    input_scale = coefficients.std().item()
+    mean_square = (coefficients / input_scale).pow(2).mean(dim=1)
+    eps = floor**2
+    log_gain = 0.5 * torch.log(mean_square + eps)
+    gain_mean, gain_std = log_gain.mean().item(), log_gain.std().item()
+
+    # Fits in float64. The encoder's functions of e: falling ramps with knots on a log grid up to 4x the set's
+    # largest mean square (beyond it both are constant, and so is their product with the decoder's gain).
+    e_max = 4.0 * mean_square.max().item()
+    e_knots = torch.logspace(math.log10(eps / 100), math.log10(e_max), num_units, dtype=torch.float64)
+    e_widths = e_knots * (e_knots[1] / e_knots[0] - 1.0)
+    e_grid = torch.cat(
+        [
+            torch.zeros(1, dtype=torch.float64),
+            torch.logspace(math.log10(eps / 1e4), math.log10(e_max), 4000, dtype=torch.float64),
+        ]
+    )
+    e_ramps = _silu_ramps(e_grid, e_knots, e_widths, falling=True)
+    inv_target = (e_grid + eps).rsqrt()
+    inv_weights, inv_const = _fit_ramps(e_ramps, inv_target, 1.0 / inv_target)
+    log_target = 0.5 * torch.log(e_grid + eps)
+    log_weights, log_const = _fit_ramps(e_ramps, log_target, torch.ones_like(log_target))
+    inv_fit = e_ramps @ inv_weights + inv_const
+    log_fit = e_ramps @ log_weights + log_const
+    # The decoder's gain of log g: rising ramps on a uniform grid, fitted to 1 / (the encoder's 1 / g) at the
+    # encoder's own log g, and to exp beyond that range (generated latents may leave it).
+    low, high = log_fit.min().item() - 2.0, log_fit.max().item() + 2.0
+    g_knots = torch.linspace(low, high, num_units, dtype=torch.float64)
+    g_width = (high - low) / (num_units - 1)
+    g_outside = torch.cat(
+        [
+            torch.linspace(low, log_fit.min().item(), 200, dtype=torch.float64)[:-1],
+            torch.linspace(log_fit.max().item(), high, 200, dtype=torch.float64)[1:],
+        ]
+    )
+    g_grid = torch.cat([log_fit, g_outside])
+    g_target = torch.cat([1.0 / inv_fit, torch.exp(g_outside)])
+    g_ramps = _silu_ramps(g_grid, g_knots, torch.full_like(g_knots, g_width), falling=False)
+    gain_weights, gain_const = _fit_ramps(g_ramps, g_target, 1.0 / g_target)
+    round_trip = inv_fit * (
+        _silu_ramps(log_fit, g_knots, torch.full_like(g_knots, g_width), False) @ gain_weights + gain_const
+    )
+    fit_error = (round_trip - 1).abs().max().item()
+
+    # Token channels: 0 the new tokens' flag; 1 + 2k + c component k of audio channel c; then per audio channel the
+    # encoder's e, 1 / g and log g (the decoder's log g and g); the last channel reads as the constant 1.
+    component = 1 + torch.arange(2 * shapes)
+    first = 1 + 2 * shapes
+    e_channels, inv_channels, log_channels = (torch.arange(first + 2 * i, first + 2 * i + 2) for i in range(3))
+    one = width - 1
+
+    analysis = torch.zeros(width, 2 * patch, 1)
+    for channel in range(2):
+        analysis[1 + channel : first : 2, channel * patch : (channel + 1) * patch, 0] = basis.float()
+    conv_in = model.encoder.conv_in
+    _set_weight_norm_conv(conv_in, analysis)
+    conv_in.weight_g.zero_()
+    conv_in.weight_g[component] = 1.0 / input_scale
+    decoder_scale = 100.0  # as in pca_initialise_same: the decoder's new-token noise is 1 / 100 of its tokens
+    for resampler, scale in ((model.encoder.resampler, 1.0), (model.decoder.resampler, decoder_scale)):
+        resampler.new_tokens.zero_()
+        resampler.new_tokens[..., 0] = 1.0
+        _copy_previous_token_block(resampler.transformer_blocks[0], width, head_dim, scale)
+        for block in resampler.transformer_blocks[1:]:
+            block.norm1.alpha.fill_(4.0 / scale)
+            block.norm2.alpha.fill_(4.0 / scale)
+            _zero_branches(block)
+
+    # Encoder block 1: e = mean(c^2) per audio channel, two units per coefficient.
+    largest = (coefficients.abs().max().item() / input_scale + 1.0 / floor) * 2
+    squares = model.encoder.resampler.transformer_blocks[0]
+    _linear_norm(squares.norm2, 0.01 / largest, component, one)
+    _zero_feed_forward(squares)
+    ff = squares.ff
+    value, gate = ff.proj_in.weight[:inner], ff.proj_in.weight[inner:]
+    for index, channel in enumerate(component.tolist()):
+        for offset, sign in enumerate((1.0, -1.0)):
+            unit = 2 * index + offset
+            value[unit, channel] = sign
+            gate[unit, channel] = sign
+            ff.proj_out.weight[e_channels[(channel - 1) % 2], unit] = 1.0 / shapes
+    # Encoder block 2: 1 / g and log g of e, the same ramps for both.
+    functions = model.encoder.resampler.transformer_blocks[1]
+    _linear_norm(functions.norm2, 0.01 / e_max, e_channels, one)
+    ff = functions.ff
+    value, gate = ff.proj_in.weight[:inner], ff.proj_in.weight[inner:]
+    for channel in range(2):
+        for m in range(num_units):
+            unit = channel * num_units + m
+            gate[unit, e_channels[channel]] = -1.0 / e_widths[m].item()
+            gate[unit, one] = (e_knots[m] / e_widths[m]).item()
+            value[unit, one] = 1.0
+            ff.proj_out.weight[inv_channels[channel], unit] = inv_weights[m].item()
+            ff.proj_out.weight[log_channels[channel], unit] = log_weights[m].item()
+        ff.proj_out.bias[inv_channels[channel]] = inv_const.item()
+        ff.proj_out.bias[log_channels[channel]] = log_const.item()
+    # Encoder block 3: shape = c / g.
+    products = model.encoder.resampler.transformer_blocks[2]
+    _linear_norm(products.norm2, 0.01 / largest, torch.cat([component, inv_channels]), one)
+    _set_products(products, [(c, inv_channels[(c - 1) % 2].item()) for c in component.tolist()], one, 1.0)
+
+    index = torch.arange(2 * shapes)
+    model.encoder.proj_out.weight.zero_()
+    model.encoder.proj_out.bias.zero_()
+    model.encoder.proj_out.weight[index, component] = 1.0
+    for channel in range(2):
+        model.encoder.proj_out.weight[2 * shapes + channel, log_channels[channel]] = 1.0 / gain_std
+        model.encoder.proj_out.bias[2 * shapes + channel] = -gain_mean / gain_std
+    bottleneck = model.bottleneck
+    bottleneck.scale.fill_(1.0)
+    bottleneck.bias.zero_()
+    bottleneck.running_std.fill_(1.0)
+
+    # Decoder: tokens are decoder_scale x (shape, log g); block 1 adds g, block 2 makes c = shape x g.
+    model.decoder.proj_in.weight.zero_()
+    model.decoder.proj_in.bias.zero_()
+    model.decoder.proj_in.weight[component, index] = decoder_scale
+    log_in, gain_in = e_channels, inv_channels  # the decoder's log g and g channels
+    for channel in range(2):
+        model.decoder.proj_in.weight[log_in[channel], 2 * shapes + channel] = decoder_scale * gain_std
+        model.decoder.proj_in.bias[log_in[channel]] = decoder_scale * gain_mean
+    gains = model.decoder.resampler.transformer_blocks[0]
+    _linear_norm(gains.norm2, 0.01 / (decoder_scale * max(abs(low), abs(high))), log_in, one)
+    _zero_feed_forward(gains)
+    ff = gains.ff
+    value, gate = ff.proj_in.weight[:inner], ff.proj_in.weight[inner:]
+    for channel in range(2):
+        for m in range(num_units):
+            unit = channel * num_units + m
+            gate[unit, log_in[channel]] = 1.0 / (g_width * decoder_scale)
+            gate[unit, one] = -g_knots[m].item() / g_width
+            value[unit, one] = decoder_scale
+            ff.proj_out.weight[gain_in[channel], unit] = gain_weights[m].item()
+        ff.proj_out.bias[gain_in[channel]] = decoder_scale * gain_const.item()
+    products = model.decoder.resampler.transformer_blocks[1]
+    largest_decoded = decoder_scale * (10.0 + math.exp(high))
+    _linear_norm(products.norm2, 0.01 / largest_decoded, torch.cat([component, gain_in]), one)
+    pairs = [(c, gain_in[(c - 1) % 2].item()) for c in component.tolist()]
+    _set_products(products, pairs, one, 1.0 / decoder_scale)
+
+    kernel = config.decoder_kernel_size
+    synthesis = torch.zeros(2 * patch, width, kernel)
+    for channel in range(2):
+        synthesis[channel * patch : (channel + 1) * patch, 1 + channel : first : 2, kernel // 2] = (
+            basis.float().T * input_scale / decoder_scale
+        )
+    _set_weight_norm_conv(model.decoder.conv_out, synthesis)
+    energy = float((singular[:shapes] ** 2).sum() / (singular**2).sum())
+    return {
+        "energy_kept": energy,
+        "frames": len(frames),
+        "gain_mean": gain_mean,
+        "gain_std": gain_std,
+        "fit_error": fit_error,
+    }
 
 
 def build_tiny_transformer(
@@ -522,6 +842,7 @@ def build_initial_pipeline(
     latent_channels: int = 32,
     same_heads: int = 2,
     same_layers: int = 2,
+    same_decoder_layers: Optional[int] = None,
     same_patch_size: int = 256,
     same_resampling_stride: int = 16,
     same_decoder_kernel_size: int = 3,
@@ -533,13 +854,15 @@ def build_initial_pipeline(
 ) -> StableAudio3Pipeline:
     """
     The untrained tiny base pipeline: tokenizer over the caption words of `train_data_dir`, tiny models. `same_init`:
-    `"random"` ([`build_tiny_same`]'s initialisation) or `"pca"` ([`pca_initialise_same`] on the audio of
-    `train_data_dir`; needs `same_resampling_stride=1`).
+    `"random"` ([`build_tiny_same`]'s initialisation), `"pca"` ([`pca_initialise_same`] on the audio of
+    `train_data_dir`; needs `same_resampling_stride=1`) or `"gain_shape"` ([`gain_shape_initialise_same`]; needs
+    `same_resampling_stride=1`, `same_layers >= 3` and `same_decoder_layers >= 2`). `same_decoder_layers` defaults to
+    `same_layers`.
     """
     from .synthetic_sounds import caption_vocabulary
 
-    if same_init not in ("random", "pca"):
-        raise ValueError(f"`same_init` must be 'random' or 'pca', got {same_init!r}.")
+    if same_init not in SAME_INITS:
+        raise ValueError(f"`same_init` must be one of {SAME_INITS}, got {same_init!r}.")
 
     tokenizer = build_word_tokenizer(caption_vocabulary(train_data_dir))
     text_encoder = build_tiny_text_encoder(len(tokenizer), hidden_size=text_width, seed=seed)
@@ -547,17 +870,19 @@ def build_initial_pipeline(
         latent_channels,
         num_attention_heads=same_heads,
         num_layers=same_layers,
+        num_decoder_layers=same_decoder_layers,
         seed=seed,
         patch_size=same_patch_size,
         resampling_stride=same_resampling_stride,
         decoder_kernel_size=same_decoder_kernel_size,
     )
-    if same_init == "pca":
+    if same_init != "random":
         from .audio_data import find_audio_files, load_audio
 
         rate = vae.config.sampling_rate
         clips = (load_audio(path, sample_rate=rate) for path in find_audio_files(train_data_dir))
-        pca_initialise_same(vae, clips, seed=seed)
+        initialise = pca_initialise_same if same_init == "pca" else gain_shape_initialise_same
+        initialise(vae, clips, seed=seed)
     transformer = build_tiny_transformer(
         latent_channels, text_width, num_layers=dit_layers, num_attention_heads=dit_heads, seed=seed
     )
@@ -577,8 +902,9 @@ def main(input_args=None):
     init.add_argument("--max_text_length", type=int, default=32)
     init.add_argument("--output_dir", required=True)
     init.add_argument("--same_decoder_kernel_size", type=int, default=3)
+    init.add_argument("--same_decoder_layers", type=int, default=None)
     init.add_argument("--same_heads", type=int, default=2)
-    init.add_argument("--same_init", choices=("random", "pca"), default="random")
+    init.add_argument("--same_init", choices=SAME_INITS, default="random")
     init.add_argument("--same_layers", type=int, default=2)
     init.add_argument("--same_patch_size", type=int, default=256)
     init.add_argument("--same_resampling_stride", type=int, default=16)
