@@ -454,3 +454,24 @@ def test_initial_pipeline_with_pca_same_reads_the_train_folder(tmp_path):
         build_initial_pipeline(str(tmp_path / "data"), same_init="svd", **options)
     gain_shape = {**options, "same_layers": 3, "same_decoder_layers": 2}
     assert snr(build_initial_pipeline(str(tmp_path / "data"), same_init="gain_shape", **gain_shape)) > 5.0
+
+
+def test_store_transformer_half_halves_the_file_and_loads_back_as_float32(tmp_path):
+    """`store_transformer_half` (the recipe's `half-transformer` step): the transformer file shrinks to about half,
+    loads back as float32 with every weight equal to the float16 rounding of the original, and a missing file is
+    named."""
+    from diffusers_sa3 import StableAudio3Transformer
+    from diffusers_sa3.training.tiny_components import store_transformer_half
+
+    model = build_tiny_transformer(num_layers=1)
+    model.save_pretrained(tmp_path / "transformer")
+    path = tmp_path / "transformer" / "diffusion_pytorch_model.safetensors"
+    size, mode = path.stat().st_size, path.stat().st_mode
+    store_transformer_half(str(tmp_path))
+    assert path.stat().st_size < 0.55 * size and path.stat().st_mode == mode
+    loaded = StableAudio3Transformer.from_pretrained(tmp_path / "transformer")
+    for (name, original), (_, reloaded) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert reloaded.dtype == torch.float32, name
+        torch.testing.assert_close(reloaded, original.half().float(), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="transformer"):
+        store_transformer_half(str(tmp_path / "missing"))

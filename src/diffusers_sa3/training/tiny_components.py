@@ -889,8 +889,43 @@ def build_initial_pipeline(
     return assemble_pipeline(vae, transformer, text_encoder, tokenizer, max_text_length=max_text_length)
 
 
+def store_transformer_half(pipeline_dir: str) -> str:
+    """
+    Rewrites `pipeline_dir/transformer/diffusion_pytorch_model.safetensors` with float16 weights (half the bytes: the
+    shipped tiny model's size budget) and returns its path. `from_pretrained` loads them back as float32 unless a
+    `torch_dtype` is given. The new file is written next to the old one and then moved over it, so a failure leaves
+    the old file whole; weights that do not fit float16 (beyond 65504) are an error.
+    """
+    import os
+    import tempfile
+
+    from safetensors.torch import load_file, save_file
+
+    path = os.path.join(pipeline_dir, "transformer", "diffusion_pytorch_model.safetensors")
+    if not os.path.isfile(path):
+        raise ValueError(f"`pipeline_dir` {pipeline_dir!r} has no transformer/diffusion_pytorch_model.safetensors.")
+    state = load_file(path)
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and tensor.abs().max() > torch.finfo(torch.float16).max:
+            raise ValueError(f"{path}: {name} does not fit float16 (max |x| {tensor.abs().max().item():.3g}).")
+    half = {name: t.half() if t.is_floating_point() else t for name, t in state.items()}
+    fd, tmp = tempfile.mkstemp(suffix=".safetensors", dir=os.path.dirname(path))
+    os.close(fd)
+    try:
+        save_file(half, tmp, metadata={"format": "pt"})
+        os.chmod(tmp, os.stat(path).st_mode & 0o777)  # the old file's permissions, not mkstemp's 0600
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
 def main(input_args=None):
-    """CLI of `make_tiny_model.sh`: `init` writes the untrained pipeline, `swap-vae` puts a trained SAME into one."""
+    """
+    CLI of `make_tiny_model.sh`: `init` writes the untrained pipeline, `swap-vae` puts a trained SAME into one,
+    `half-transformer` stores a pipeline's transformer in float16.
+    """
     import argparse
 
     parser = argparse.ArgumentParser(description="Build the tiny Stable Audio 3 pipeline folders.")
@@ -915,14 +950,20 @@ def main(input_args=None):
     swap.add_argument("--output_dir", required=True)
     swap.add_argument("--pipeline", required=True)
     swap.add_argument("--vae", required=True)
+    half = commands.add_parser(
+        "half-transformer", help="Rewrite a pipeline's transformer weights in float16 (loaded back as float32)."
+    )
+    half.add_argument("--pipeline", required=True)
     args = parser.parse_args(input_args)
     if args.command == "init":
         options = {key: value for key, value in vars(args).items() if key not in ("command", "output_dir")}
         build_initial_pipeline(**options).save_pretrained(args.output_dir)
-    else:
+    elif args.command == "swap-vae":
         pipe = StableAudio3Pipeline.from_pretrained(args.pipeline)
         pipe.register_modules(vae=SAMEAutoencoderModel.from_pretrained(args.vae))
         pipe.save_pretrained(args.output_dir)
+    else:
+        store_transformer_half(args.pipeline)
 
 
 if __name__ == "__main__":
