@@ -20,6 +20,7 @@ def _readme_commands():
 def test_readme_starts_with_setup_and_test_commands_that_ci_runs():
     setup, test = _readme_commands()[:2]
     assert "pip install" in setup
+    assert "diffusers-sa3 generate" in setup  # the main job (tests/test_sa3_tiny.py runs it)
     ci = open(os.path.join(ROOT, ".ci", "run"), encoding="utf-8").read()
     assert test in ci.splitlines(), f"README's test command {test!r} must appear verbatim as a line of .ci/run"
 
