@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The full recipe of the tiny Stable Audio 3 model for `pipelines/sa3-tiny/` (issue 7; not shipped yet: see the status in training_examples/README.md).
+# The full recipe of the tiny Stable Audio 3 model shipped as `pipelines/sa3-tiny/` (issue 7; results: training_examples/README.md, stop 23).
 #
 #   1. synthetic train set (NUM_TRAIN clips) and held-out set (NUM_HELDOUT clips);
 #   2. word tokenizer over the caption words + tiny frozen random T5Gemma encoder + tiny SAME + tiny DiT -> `init/`;
@@ -51,7 +51,7 @@ DIT_LAYERS=${DIT_LAYERS:-6}
 DIT_HEADS=${DIT_HEADS:-2}
 MAX_TEXT_LENGTH=${MAX_TEXT_LENGTH:-32}
 # Step counts and batch sizes.
-# Stop 18 ran these defaults (with FLOW_STEPS=1200, SAME_LAYERS=2) in 4,397 s of stages on a 2-core CPU; stop 13 ran the
+# Stop 23 ran these defaults in 4,205 s of stages on a 2-core CPU (the shipped pipelines/sa3-tiny); stop 13 ran the
 # earlier from-scratch SAME recipe in 7,510 s (training_examples/README.md has each stage).
 AE_STEPS=${AE_STEPS:-0}                 # full SAME training from the init (0: none; see README for why)
 AE_BATCH=${AE_BATCH:-8}
