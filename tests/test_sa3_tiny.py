@@ -73,10 +73,6 @@ def test_shipped_weights_fit_the_budget_and_carry_model_cards(post_trained, base
         assert "type accuracy" in card and "stereo side accuracy" in card
 
 
-def _sound_end(audio, sampling_rate):
-    return classify_sound(audio, sampling_rate)["end_seconds"]
-
-
 @torch.no_grad()
 @pytest.mark.parametrize("prompt,seconds,side,end", PROMPTS, ids=[p[0][:40] for p in PROMPTS])
 def test_post_trained_model_follows_side_and_duration(post_trained, prompt, seconds, side, end):
@@ -87,7 +83,7 @@ def test_post_trained_model_follows_side_and_duration(post_trained, prompt, seco
     ).audios[0]
     assert audio.shape == (2, round(seconds * post_trained.sampling_rate))
     assert stereo_side(audio) == side
-    found = _sound_end(audio, post_trained.sampling_rate)
+    found = classify_sound(audio, post_trained.sampling_rate)["end_seconds"]
     assert found is not None and abs(found - end) <= 0.5, f"sound ends at {found} s, asked {end} s"
 
 

@@ -276,6 +276,33 @@ def test_base_scheduler_counts_the_autoencoder_frames(tokenizer):
     assert pipe.scheduler.effective_length([2.0]).tolist() == [math.ceil(2 * 44100 / 1024)]
 
 
+def _panned_tone():
+    """A 440 Hz sine of 344 patches of 256 samples, panned left by 12 dB: `(2, samples)` float32."""
+    import numpy as np
+
+    t = np.arange(344 * 256) / 44100
+    tone = 0.4 * np.sin(2 * np.pi * 440.0 * t + 0.3)
+    return np.stack([tone, 0.25 * tone]).astype(np.float32)
+
+
+def _assert_principal_component_reconstruction(decoded, audio, basis):
+    """`decoded` has the SNR of numpy's per-channel projection of `audio` on `basis` (within 0.1 dB, above 15 dB) and
+    the channel balance of `audio` (within 0.5 dB)."""
+    import numpy as np
+
+    from diffusers_sa3.training import audio_metrics
+
+    frames = audio.reshape(-1, 256).astype(np.float64)
+    reference = (frames @ basis.T @ basis).reshape(audio.shape)
+
+    def snr(x):
+        return 10 * np.log10((audio**2).sum() / ((audio - x) ** 2).sum())
+
+    assert snr(reference) > 15.0
+    assert abs(snr(decoded) - snr(reference)) < 0.1
+    assert abs(audio_metrics.stereo_balance_db(decoded) - audio_metrics.stereo_balance_db(audio)) < 0.5
+
+
 @pytest.fixture(scope="module")
 def pca_same():
     import numpy as np
@@ -296,27 +323,16 @@ def pca_same():
 def test_pca_initialised_same_is_the_principal_component_coder(pca_same):
     """A stride-1 tiny SAME initialised by `pca_initialise_same` reconstructs audio as numpy's per-channel projection
     on the top components does (same SNR within 0.1 dB), keeps a tone's pitch and its channel balance."""
-    import numpy as np
 
     from diffusers_sa3.training import audio_metrics
 
     model, basis, info = pca_same
     assert 0.5 < info["energy_kept"] < 1.0
-    t = np.arange(344 * 256) / 44100
-    tone = 0.4 * np.sin(2 * np.pi * 440.0 * t + 0.3)
-    audio = np.stack([tone, 0.25 * tone]).astype(np.float32)  # panned left by 12 dB
+    audio = _panned_tone()
     decoded = model.decode(model.encode(torch.from_numpy(audio)[None]).latents, add_noise=False).sample[0]
     decoded = decoded[:, : audio.shape[-1]].double().numpy()
-    frames = audio.reshape(-1, 256).astype(np.float64)
-    reference = (frames @ basis.T @ basis).reshape(audio.shape)
-
-    def snr(x):
-        return 10 * np.log10((audio**2).sum() / ((audio - x) ** 2).sum())
-
-    assert snr(reference) > 15.0
-    assert abs(snr(decoded) - snr(reference)) < 0.1
+    _assert_principal_component_reconstruction(decoded, audio, basis)
     assert abs(audio_metrics.estimate_f0(decoded.mean(axis=0), 44100) - 440.0) < 440.0 * (2 ** (1 / 24) - 1)
-    assert abs(audio_metrics.stereo_balance_db(decoded) - audio_metrics.stereo_balance_db(audio)) < 0.5
     # With the official decode-time noise the decoded silence stays silent (the noise enters 100x below the signal).
     silence = torch.zeros(1, 2, 44100)
     noisy = model.decode(model.encode(silence).latents, generator=torch.Generator().manual_seed(0)).sample
@@ -364,28 +380,16 @@ def test_gain_shape_same_codes_each_frame_as_unit_shape_and_log_gain(gain_shape_
     gain latent is lower by log(10) / std; silence codes as zero shape and decodes to silence."""
     import numpy as np
 
-    from diffusers_sa3.training import audio_metrics
-
     model, basis, scale, info = gain_shape_same
     assert info["fit_error"] < 1e-3
-    t = np.arange(344 * 256) / 44100
-    tone = 0.4 * np.sin(2 * np.pi * 440.0 * t + 0.3)
-    audio = np.stack([tone, 0.25 * tone]).astype(np.float32)  # panned left by 12 dB
+    audio = _panned_tone()
 
     def code(x):
         return model.encode(torch.from_numpy(x)[None]).latents
 
     latents = code(audio)
     decoded = model.decode(latents, add_noise=False).sample[0, :, : audio.shape[-1]].double().numpy()
-    frames = audio.reshape(-1, 256).astype(np.float64)
-    reference = (frames @ basis.T @ basis).reshape(audio.shape)
-
-    def snr(x):
-        return 10 * np.log10((audio**2).sum() / ((audio - x) ** 2).sum())
-
-    assert snr(reference) > 15.0
-    assert abs(snr(decoded) - snr(reference)) < 0.1
-    assert abs(audio_metrics.stereo_balance_db(decoded) - audio_metrics.stereo_balance_db(audio)) < 0.5
+    _assert_principal_component_reconstruction(decoded, audio, basis)
 
     def expected(x):  # numpy's gain and shape latents, the components' signs as the model's basis
         coefficients = (x.reshape(2, -1, 256).astype(np.float64) @ basis.T) / scale  # (channel, frame, component)

@@ -334,6 +334,45 @@ def _frame_components(clips: Iterable, patch: int, minimum: int, max_frames: int
     return frames, singular, basis
 
 
+# The decoder's tokens are this many times larger than its latents, so the official new-token noise (0.01, absolute)
+# is 1 / 100 of the signal (-40 dB at scale 1 would fill the silences); its norms are scaled to match.
+_DECODER_SCALE = 100.0
+
+
+def _set_analysis_and_copy_blocks(model: SAMEAutoencoderModel, basis: torch.Tensor, input_scale: float) -> None:
+    """
+    The part of the principal-component constructions both share: the encoder's input projection puts component k of
+    audio channel c (`basis` rows, float) in token channel `1 + 2k + c`, divided by `input_scale`; the encoder's and
+    decoder's new tokens are the flag (channel 0); their first blocks copy the token before each new token into it
+    ([`_copy_previous_token_block`], the decoder's at `_DECODER_SCALE`); the other blocks are identities (zero
+    attention output and feed-forward output, the official initialisation).
+    """
+    config = model.config
+    width, head_dim, patch = (
+        config.num_attention_heads * config.attention_head_dim,
+        config.attention_head_dim,
+        config.patch_size,
+    )
+    rows = 2 * len(basis)
+    analysis = torch.zeros(width, 2 * patch, 1)
+    for channel in range(2):
+        analysis[1 + channel : 1 + rows : 2, channel * patch : (channel + 1) * patch, 0] = basis
+    conv_in = model.encoder.conv_in
+    _set_weight_norm_conv(conv_in, analysis)
+    conv_in.weight_g.zero_()
+    conv_in.weight_g[1 : 1 + rows] = 1.0 / input_scale
+    for resampler, scale in ((model.encoder.resampler, 1.0), (model.decoder.resampler, _DECODER_SCALE)):
+        resampler.new_tokens.zero_()
+        resampler.new_tokens[..., 0] = 1.0
+        _copy_previous_token_block(resampler.transformer_blocks[0], width, head_dim, scale)
+        for block in resampler.transformer_blocks[1:]:
+            block.norm1.alpha.fill_(4.0 / scale)
+            block.norm2.alpha.fill_(4.0 / scale)
+            block.attn.to_out.weight.zero_()
+            block.ff.proj_out.weight.zero_()
+            block.ff.proj_out.bias.zero_()
+
+
 @torch.no_grad()
 def pca_initialise_same(model: SAMEAutoencoderModel, clips: Iterable, max_frames: int = 20000, seed: int = 0) -> Dict:
     r"""
@@ -386,26 +425,8 @@ def pca_initialise_same(model: SAMEAutoencoderModel, clips: Iterable, max_frames
 
     # Token channel 1 + 2k + c: component k of audio channel c (component-major, so the first latents are the top
     # components of both channels); channel 0 is the new tokens' flag.
-    analysis = torch.zeros(width, 2 * patch, 1)
-    for channel in range(2):
-        analysis[1 + channel : 1 + 2 * per_channel : 2, channel * patch : (channel + 1) * patch, 0] = basis
-    conv_in = model.encoder.conv_in
-    _set_weight_norm_conv(conv_in, analysis)
-    conv_in.weight_g.zero_()
-    conv_in.weight_g[1 : 1 + 2 * per_channel] = 1.0 / input_scale
-    # The decoder's tokens are `decoder_scale` times larger, so the official new-token noise (0.01, absolute) is
-    # 1 / decoder_scale of the signal (-40 dB at scale 1 would fill the silences); its norms are scaled to match.
-    decoder_scale = 100.0
-    for resampler, scale in ((model.encoder.resampler, 1.0), (model.decoder.resampler, decoder_scale)):
-        resampler.new_tokens.zero_()
-        resampler.new_tokens[..., 0] = 1.0
-        _copy_previous_token_block(resampler.transformer_blocks[0], width, head_dim, scale)
-        for block in resampler.transformer_blocks[1:]:
-            block.norm1.alpha.fill_(4.0 / scale)
-            block.norm2.alpha.fill_(4.0 / scale)
-            block.attn.to_out.weight.zero_()
-            block.ff.proj_out.weight.zero_()
-            block.ff.proj_out.bias.zero_()
+    _set_analysis_and_copy_blocks(model, basis, input_scale)
+    decoder_scale = _DECODER_SCALE
     index = torch.arange(latents)
     model.encoder.proj_out.weight.zero_()
     model.encoder.proj_out.weight[index, 1 + index] = input_scale / latent_scale
@@ -459,11 +480,6 @@ def _zero_feed_forward(block: nn.Module) -> None:
     block.ff.proj_in.bias.zero_()
     block.ff.proj_out.weight.zero_()
     block.ff.proj_out.bias.zero_()
-
-
-def _zero_branches(block: nn.Module) -> None:
-    block.attn.to_out.weight.zero_()
-    _zero_feed_forward(block)
 
 
 def _set_products(block: nn.Module, pairs, one: int, factor: float, gate_unit: float = 20.0) -> None:
@@ -627,22 +643,8 @@ def gain_shape_initialise_same(
     e_channels, inv_channels, log_channels = (torch.arange(first + 2 * i, first + 2 * i + 2) for i in range(3))
     one = width - 1
 
-    analysis = torch.zeros(width, 2 * patch, 1)
-    for channel in range(2):
-        analysis[1 + channel : first : 2, channel * patch : (channel + 1) * patch, 0] = basis.float()
-    conv_in = model.encoder.conv_in
-    _set_weight_norm_conv(conv_in, analysis)
-    conv_in.weight_g.zero_()
-    conv_in.weight_g[component] = 1.0 / input_scale
-    decoder_scale = 100.0  # as in pca_initialise_same: the decoder's new-token noise is 1 / 100 of its tokens
-    for resampler, scale in ((model.encoder.resampler, 1.0), (model.decoder.resampler, decoder_scale)):
-        resampler.new_tokens.zero_()
-        resampler.new_tokens[..., 0] = 1.0
-        _copy_previous_token_block(resampler.transformer_blocks[0], width, head_dim, scale)
-        for block in resampler.transformer_blocks[1:]:
-            block.norm1.alpha.fill_(4.0 / scale)
-            block.norm2.alpha.fill_(4.0 / scale)
-            _zero_branches(block)
+    _set_analysis_and_copy_blocks(model, basis.float(), input_scale)
+    decoder_scale = _DECODER_SCALE
 
     # Encoder block 1: e = mean(c^2) per audio channel, two units per coefficient.
     largest = (coefficients.abs().max().item() / input_scale + 1.0 / floor) * 2
@@ -660,6 +662,7 @@ def gain_shape_initialise_same(
     # Encoder block 2: 1 / g and log g of e, the same ramps for both.
     functions = model.encoder.resampler.transformer_blocks[1]
     _linear_norm(functions.norm2, 0.01 / e_max, e_channels, one)
+    _zero_feed_forward(functions)
     ff = functions.ff
     value, gate = ff.proj_in.weight[:inner], ff.proj_in.weight[inner:]
     for channel in range(2):
