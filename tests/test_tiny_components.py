@@ -196,6 +196,16 @@ def test_cli_init_and_swap_vae(tmp_path):
     assert all(torch.equal(v, expected[k]) for k, v in swapped.vae.state_dict().items())
     assert all(torch.equal(v, pipe.transformer.state_dict()[k]) for k, v in swapped.transformer.state_dict().items())
 
+    # check-frozen (make_tiny_model.sh's FLOW_INIT check): a re-saved copy (other config paths, another transformer)
+    # passes; the swapped SAME is named.
+    pipe.register_modules(transformer=build_tiny_transformer(num_layers=1, seed=3))
+    pipe.save_pretrained(tmp_path / "resaved")
+    main(["check-frozen", "--pipeline", str(tmp_path / "resaved"), "--reference", str(tmp_path / "init")])
+    with pytest.raises(SystemExit, match=r"--pipeline .*swapped.* vae/diffusion_pytorch_model\.safetensors"):
+        main(["check-frozen", "--pipeline", str(tmp_path / "swapped"), "--reference", str(tmp_path / "init")])
+    with pytest.raises(ValueError, match="not a pipeline folder: it has no vae/ subfolder"):
+        main(["check-frozen", "--pipeline", str(tmp_path / "vae"), "--reference", str(tmp_path / "init")])
+
 
 def test_tiny_same_with_small_patches_keeps_the_released_frame_rate(tmp_path):
     """The shipped tiny SAME: 64-sample patches at width 128 (4 x 32), 64 patches per latent frame."""

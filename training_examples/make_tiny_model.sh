@@ -66,6 +66,11 @@ DEC_STEPS=${DEC_STEPS:-0}               # decoder-only fine-tune (level loss) of
 DEC_LR=${DEC_LR:-1e-4}
 DEC_LAMBDA_LEVEL=${DEC_LAMBDA_LEVEL:-2}
 FLOW_STEPS=${FLOW_STEPS:-800}
+FLOW_INIT=${FLOW_INIT:-}                 # empty: train_flow starts from init_trained_same/'s fresh DiT; else the base/
+                                         # folder of an earlier run of this recipe (its SAME, text encoder and tokenizer
+                                         # must be the files this run builds: checked), whose DiT train_flow continues
+                                         # for FLOW_STEPS more steps (a fresh optimizer, warm-up and EMA). It is copied
+                                         # to RUN_DIR/flow_init first, with its model card (the earlier commands).
 FLOW_BATCH=${FLOW_BATCH:-16}
 FLOW_LR=${FLOW_LR:-1e-3}
 FLOW_WARMUP=${FLOW_WARMUP:-200}
@@ -162,13 +167,27 @@ fi
 stage build_trained_same python -m diffusers_sa3.training.tiny_components swap-vae --pipeline "$RUN_DIR/init" \
     --vae "$SAME_DIR" --output_dir "$RUN_DIR/init_trained_same"
 
+FLOW_FROM="$RUN_DIR/init_trained_same"
+if [[ -n "$FLOW_INIT" ]]; then
+    FLOW_FROM="$RUN_DIR/flow_init"
+    if [[ ! -d "$FLOW_FROM" ]]; then
+        # A copy, so that shipping this run over FLOW_INIT (e.g. pipelines/sa3-tiny/base) keeps the recorded path real.
+        rm -rf "$FLOW_FROM.partial"
+        cp -r "$FLOW_INIT" "$FLOW_FROM.partial"
+        git -C "$REPO" log -1 --format=%H -- "$FLOW_INIT" >"$FLOW_FROM.partial/SOURCE_COMMIT" 2>/dev/null || true
+        echo "$FLOW_INIT" >"$FLOW_FROM.partial/SOURCE_PATH"
+        mv "$FLOW_FROM.partial" "$FLOW_FROM"
+    fi
+    python -m diffusers_sa3.training.tiny_components check-frozen --pipeline "$FLOW_FROM" \
+        --reference "$RUN_DIR/init_trained_same"
+fi
 # ----------------------------------------------------------------------------------------------- 4. latents
 stage pre_encode python training_examples/pre_encode.py --pretrained_model_name_or_path "$RUN_DIR/init_trained_same" \
     --train_data_dir "$RUN_DIR/data/train" --output_dir "$RUN_DIR/latents" --encode_text --overwrite_output_dir
 
 # ----------------------------------------------------------------------------------------------- 5. base DiT
 stage train_flow "${LAUNCH[@]}" training_examples/train_flow.py \
-    --pretrained_model_name_or_path "$RUN_DIR/init_trained_same" --latents_dir "$RUN_DIR/latents" \
+    --pretrained_model_name_or_path "$FLOW_FROM" --latents_dir "$RUN_DIR/latents" \
     --output_dir "$RUN_DIR/base" --training_mode full --max_train_steps "$FLOW_STEPS" \
     --train_batch_size "$FLOW_BATCH" --learning_rate "$FLOW_LR" --lr_warmup_steps "$FLOW_WARMUP" \
     --lr_scheduler constant_with_warmup --timestep_sampler "$FLOW_SAMPLER" --use_ema --ema_decay "$EMA_DECAY" --max_seconds 12 --checkpointing_steps "$CHECKPOINT_EVERY" \
@@ -236,11 +255,26 @@ def weights_mb(*folders):
     return sum(contents.values()) / 1e6
 
 
+# FLOW_INIT: the earlier run's stages that the starting DiT comes from (its card's table, up to its train_flow, and
+# its half_base: the DiT was continued from the float16-stored weights).
+earlier_card = os.path.join(run, "flow_init", "README.md")
+earlier, earlier_source = [], ""
+if os.path.exists(earlier_card):
+    for line in open(earlier_card):
+        cells = [c.strip() for c in line.strip().strip("|").split("|")] if line.startswith("| ") else []
+        if len(cells) == 3 and cells[1].isdigit():
+            if cells[0] in ("data_train", "data_heldout", "build_init", "build_trained_same", "pre_encode",
+                            "train_flow", "half_base", "train_autoencoder", "finetune_decoder"):
+                earlier.append((cells[0], cells[1], cells[2].strip("`")))
+    def read(name):
+        path = os.path.join(run, "flow_init", name)
+        return open(path).read().strip() if os.path.exists(path) else "?"
+    earlier_source = f"`{read('SOURCE_PATH')}` at git commit `{read('SOURCE_COMMIT') or '?'}`"
 trained_same = [name for name, _, _ in stages if name in ("train_autoencoder", "finetune_decoder")]
 if trained_same:
     same_origin = f"The SAME was trained by `training_examples/train_autoencoder.py` ({', '.join(trained_same)} below)."
 else:
-    init = next(command for name, _, command in stages if name == "build_init")
+    init = next(command for name, _, command in stages + earlier if name == "build_init")
     kind = init.split("--same_init ")[1].split()[0] if "--same_init " in init else "random"
     same_origin = (f"The SAME is not trained: it is the data-dependent `{kind}` construction of "
                    "`diffusers_sa3.training.tiny_components` fitted to the training clips (build_init below), in the "
@@ -259,9 +293,18 @@ def card(title, folder, sampling):
              f"Sampling: {sampling}", "",
              f"Weights in this folder: {weights_mb(folder):.1f} MB (safetensors).", "",
              f"Hardware: {hardware}.", "",
-             f"Total wall time of the stages: {sum(int(seconds) for _, seconds, _ in stages)} s.", "",
-             "## Commands (in order) and wall time", "",
-             "| stage | wall time (s) | command |", "|---|---|---|"]
+             f"Total wall time of the stages: {sum(int(seconds) for _, seconds, _ in stages + earlier)} s"
+             + (f" ({sum(int(seconds) for _, seconds, _ in earlier)} s of them in the earlier run below)." if earlier
+                else "."), ""]
+    if earlier:
+        lines += [f"The DiT continues the base DiT of an earlier run of the recipe, {earlier_source} "
+                  "(`FLOW_INIT`, copied to `flow_init/`; its SAME, text encoder and tokenizer are this run's files, "
+                  "byte for byte). Those of its stages that this model comes from:", "",
+                  "| stage (earlier run) | wall time (s) | command |", "|---|---|---|"]
+        lines += [f"| {name} | {seconds} | `{command}` |" for name, seconds, command in earlier]
+        lines += [""]
+    lines += ["## Commands (in order) and wall time", "",
+              "| stage | wall time (s) | command |", "|---|---|---|"]
     lines += [f"| {name} | {seconds} | `{command}` |" for name, seconds, command in stages]
     lines += ["", "## Held-out evaluation (`training_examples/evaluate.py`)", "", "```", evaluation["table"], "```", ""]
     with open(os.path.join(folder, "README.md"), "w") as f:

@@ -7,7 +7,7 @@ scripts of `training_examples/` (see `training_examples/make_tiny_model.sh` for 
 """
 
 import math
-from typing import Dict, Iterable, Optional
+from typing import Dict, Iterable, List, Optional
 
 import torch
 from torch import nn
@@ -924,10 +924,40 @@ def store_transformer_half(pipeline_dir: str) -> str:
     return path
 
 
+FROZEN_SUBFOLDERS = ("vae", "text_encoder", "tokenizer")
+
+
+def frozen_files_differ(pipeline_dir: str, reference_dir: str) -> List[str]:
+    """
+    The files of the frozen components (`vae`, `text_encoder`, `tokenizer`: the weights and the vocabulary, not the
+    `config.json` and `tokenizer_config.json` files, which record how a model was loaded and saved) whose bytes
+    differ between two pipeline folders, or that only one of them has, as sorted `subfolder/name` paths. Empty when a
+    DiT trained with one folder's SAME and text encoder can be continued with the other's. `make_tiny_model.sh` checks its `FLOW_INIT` with this.
+    """
+    import hashlib
+    import os
+
+    def digests(folder):
+        out = {}
+        for sub in FROZEN_SUBFOLDERS:
+            path = os.path.join(folder, sub)
+            if not os.path.isdir(path):
+                raise ValueError(f"{folder!r} is not a pipeline folder: it has no {sub}/ subfolder.")
+            for name in sorted(os.listdir(path)):
+                if name not in ("config.json", "tokenizer_config.json") and os.path.isfile(os.path.join(path, name)):
+                    with open(os.path.join(path, name), "rb") as f:
+                        out[f"{sub}/{name}"] = hashlib.sha256(f.read()).hexdigest()
+        return out
+
+    a, b = digests(pipeline_dir), digests(reference_dir)
+    return sorted(key for key in set(a) | set(b) if a.get(key) != b.get(key))
+
+
 def main(input_args=None):
     """
     CLI of `make_tiny_model.sh`: `init` writes the untrained pipeline, `swap-vae` puts a trained SAME into one,
-    `half-transformer` stores a pipeline's transformer in float16.
+    `half-transformer` stores a pipeline's transformer in float16, `check-frozen` checks that two pipelines share their
+    frozen components ([`frozen_files_differ`]).
     """
     import argparse
 
@@ -957,6 +987,12 @@ def main(input_args=None):
         "half-transformer", help="Rewrite a pipeline's transformer weights in float16 (loaded back as float32)."
     )
     half.add_argument("--pipeline", required=True)
+    check = commands.add_parser(
+        "check-frozen",
+        help="Exit with an error unless two pipelines have the same SAME, text encoder and tokenizer files.",
+    )
+    check.add_argument("--pipeline", required=True)
+    check.add_argument("--reference", required=True)
     args = parser.parse_args(input_args)
     if args.command == "init":
         options = {key: value for key, value in vars(args).items() if key not in ("command", "output_dir")}
@@ -965,8 +1001,17 @@ def main(input_args=None):
         pipe = StableAudio3Pipeline.from_pretrained(args.pipeline)
         pipe.register_modules(vae=SAMEAutoencoderModel.from_pretrained(args.vae))
         pipe.save_pretrained(args.output_dir)
-    else:
+    elif args.command == "half-transformer":
         store_transformer_half(args.pipeline)
+    else:
+        differ = frozen_files_differ(args.pipeline, args.reference)
+        if differ:
+            raise SystemExit(
+                f"--pipeline {args.pipeline!r} does not have the SAME, text encoder and tokenizer of --reference "
+                f"{args.reference!r} (these files differ: {', '.join(differ)}); build the reference with the settings "
+                "of the run that made the pipeline."
+            )
+        print(f"{args.pipeline}: SAME, text encoder and tokenizer files are those of {args.reference}")
 
 
 if __name__ == "__main__":
