@@ -13,10 +13,13 @@ import soundfile as sf
 from diffusers_sa3.training.audio_metrics import LABELS, classify_sound, score_clip, summarize_scores
 from diffusers_sa3.training.synthetic_sounds import (
     ATTRIBUTE_NAMES,
+    GRID_SAMPLES,
     NOTES,
     SOUND_TYPES,
     caption_vocabulary,
+    chord_frequencies,
     combination_key,
+    grid_frequency,
     heldout_combinations,
     note_to_hz,
     read_metadata,
@@ -333,3 +336,55 @@ def test_evaluate_reference_clips_follow_the_level_flag():
     assert column["metrics"]["loudness_accuracy"] == 1.0
     with pytest.raises(SystemExit):
         script.parse_args(["--level", "lufs"])
+
+
+def test_grid_tuning_repeats_every_4096_samples_and_stays_near_the_note(tmp_path):
+    """`tuning="grid"`: every tone and chord oscillator is a whole multiple of 44100 / 4096 Hz, so with zero phase each
+    4096-sample frame of the steady part is the same (measured on the audio), while the measured pitch stays within the
+    grid's half step of the nominal note (at most 0.55 semitones over c3 ... f#6) and the other scores are unchanged."""
+    step = SR / GRID_SAMPLES
+    # Every note and chord note of the set: the nearest grid frequency, within half a step.
+    for note in NOTES:
+        for f in chord_frequencies(note_to_hz(note), "major") + chord_frequencies(note_to_hz(note), "minor"):
+            tuned = grid_frequency(f)
+            assert tuned / step == round(tuned / step) and abs(tuned - f) <= step / 2 + 1e-9
+            assert abs(12 * np.log2(tuned / f)) < 0.55
+    cases = [c for c in _ground_truth_cases() if c["type"] in ("tone", "chord")]
+    for attributes in cases:
+        grid = synthesize(attributes, np.random.default_rng(0), phase="zero", tuning="grid")
+        steady = int(attributes["sound_end_seconds"] * SR) // GRID_SAMPLES - 1  # frames before the fade-out
+        frames = grid[:, GRID_SAMPLES : steady * GRID_SAMPLES].reshape(2, -1, GRID_SAMPLES)
+        assert frames.shape[1] >= 2
+        np.testing.assert_allclose(frames[:, 1:], frames[:, :1].repeat(frames.shape[1] - 1, axis=1), atol=1e-6)
+        equal = synthesize(attributes, np.random.default_rng(0), phase="zero")
+        assert (
+            np.abs(
+                frames[:, 1:]
+                - equal[:, 2 * GRID_SAMPLES : frames.shape[1] * GRID_SAMPLES + GRID_SAMPLES].reshape(
+                    2, -1, GRID_SAMPLES
+                )
+            ).max()
+            > 1e-3
+        ), "equal temperament does not repeat"
+        scores = score_clip(grid, SR, attributes)
+        assert scores["type_correct"] and scores["side_correct"] and scores["duration_ok"], scores
+        assert scores["pitch_error_semitones"] < 0.6, scores
+    # Noise, drums and chirps are not tuned.
+    for attributes in (c for c in _ground_truth_cases() if c["type"] not in ("tone", "chord")):
+        np.testing.assert_array_equal(
+            synthesize(attributes, np.random.default_rng(1), tuning="grid"),
+            synthesize(attributes, np.random.default_rng(1)),
+        )
+    with pytest.raises(ValueError, match="`tuning` must be one of"):
+        synthesize(cases[0], np.random.default_rng(0), tuning="just")
+    with pytest.raises(ValueError, match="`tuning` must be one of"):
+        write_synthetic_dataset(str(tmp_path / "never-written"), 1, tuning="just")
+    assert not (tmp_path / "never-written").exists(), "a bad `tuning` must fail before anything is written"
+    # The captions and attributes keep the nominal pitch; the evaluation's reference clips follow the flag.
+    assert [e["text"] for e in synthetic_examples(3, seed=2, tuning="grid", with_audio=False)] == [
+        e["text"] for e in synthetic_examples(3, seed=2, with_audio=False)
+    ]
+    script = _load_script("evaluate")
+    assert script.parse_args(["--tuning", "grid"]).tuning == "grid"
+    with pytest.raises(SystemExit):
+        script.parse_args(["--tuning", "just"])

@@ -19,6 +19,7 @@ from diffusers_sa3.training.synthetic_sounds import (
     PHASES,
     SAMPLE_RATE,
     SPLITS,
+    TUNINGS,
     caption_vocabulary,
     write_synthetic_dataset,
 )
@@ -51,6 +52,13 @@ def parse_args(input_args=None):
     )
     parser.add_argument("--split_seed", type=int, default=0, help="Seed of the held-out attribute combinations.")
     parser.add_argument("--subtype", choices=["PCM_16", "FLOAT"], default="PCM_16", help="WAV sample format.")
+    parser.add_argument(
+        "--tuning",
+        choices=TUNINGS,
+        default="equal",
+        help="Oscillator tuning of tones and chords: equal temperament, or grid (multiples of 44100 / 4096 Hz, so "
+        "that a steady sound repeats every 4096 samples).",
+    )
     args = parser.parse_args(input_args)
     if args.num_examples <= 0:
         parser.error(f"`--num_examples` must be positive, got {args.num_examples}.")
@@ -68,6 +76,7 @@ def main(args):
         subtype=args.subtype,
         phase=args.phase,
         level=args.level,
+        tuning=args.tuning,
     )
     counts = collections.Counter(row["type"] for row in rows)
     seconds = sum(row["duration"] for row in rows)

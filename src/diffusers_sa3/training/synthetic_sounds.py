@@ -12,6 +12,9 @@ Each clip also has a stereo position (`left`, `centre`, `right`), a loudness (`l
 0.1, `loud` peak 0.8; `level="rms"`: the louder channel's RMS over the sound at -26 or -16 dBFS, the peak kept below
 0.99, so that every sound type of a loudness has about the same energy) and may stop before its end
 (`sound_end_seconds` < `duration`, then digital silence); the caption then says when it stops.
+With `tuning="grid"` every tone and chord oscillator is tuned to the nearest multiple of `sample_rate / 4096` Hz
+([`grid_frequency`]; at most 0.55 semitones from equal temperament over c3 ... f#6, 0.2 on average), so that with
+`phase="zero"` a steady sound is the same in every 4096-sample frame; captions keep the nominal pitch.
 Captions come from a small grammar with synonyms and varied clause order and use only lower-case words, digits and
 spaces (`"a loud sawtooth wave at a4 panned left"`, `"drum loop at 120 bpm in the centre that stops after 3
 seconds"`).
@@ -49,6 +52,10 @@ CHIRP_STARTS = {"rising": (100, 150, 200, 300, 400), "falling": (400, 600, 800, 
 SPLITS = ("train", "heldout")
 PHASES = ("random", "zero")
 LEVELS = ("peak", "rms")
+TUNINGS = ("equal", "grid")
+# `tuning="grid"`: oscillator frequencies are whole multiples of `sample_rate / GRID_SAMPLES` (10.77 Hz at 44.1 kHz),
+# so that a steady tone or chord repeats exactly every `GRID_SAMPLES` samples, a latent frame of the released SAMEs.
+GRID_SAMPLES = 4096
 ATTRIBUTE_NAMES = (
     "type",
     "waveform",
@@ -94,6 +101,12 @@ def note_to_hz(note: str) -> float:
         raise ValueError(f"`note` must be a natural note name with an octave such as 'a4' or 'c3', got {note!r}.")
     semitones = _NOTE_SEMITONES[note[0]] + 12 * (int(note[1:]) - 4)
     return 440.0 * 2.0 ** (semitones / 12)
+
+
+def grid_frequency(frequency_hz: float, sample_rate: int = SAMPLE_RATE) -> float:
+    """The multiple of `sample_rate / GRID_SAMPLES` nearest to `frequency_hz` (at least one step)."""
+    step = sample_rate / GRID_SAMPLES
+    return max(1, round(frequency_hz / step)) * step
 
 
 def chord_frequencies(root_hz: float, quality: str) -> Tuple[float, float, float]:
@@ -366,6 +379,7 @@ def synthesize(
     sample_rate: int = SAMPLE_RATE,
     phase: str = "random",
     level: str = "peak",
+    tuning: str = "equal",
 ) -> np.ndarray:
     """
     Renders a clip from its attributes.
@@ -380,6 +394,9 @@ def synthesize(
         level (`str`, defaults to `"peak"`): what `loudness` sets: `"peak"` (peak 0.1 or 0.8) or `"rms"` (the louder
             channel's RMS over the sound at [`RMS_DBFS`], lowered where the peak would pass 0.99: loud drums and noise
             bursts).
+        tuning (`str`, defaults to `"equal"`): oscillator frequencies of tones and chords: `"equal"` (equal
+            temperament, A4 = 440 Hz) or `"grid"` (each one moved to the nearest multiple of `sample_rate / 4096` Hz,
+            [`grid_frequency`]; the attributes and captions keep the nominal pitch).
 
     Returns:
         `np.ndarray` of shape `(2, duration x sample_rate)`, float32: the sound with a 5 ms fade-in, a 10 ms fade-out
@@ -390,20 +407,25 @@ def synthesize(
         raise ValueError(f"`phase` must be one of {PHASES}, got {phase!r}.")
     if level not in LEVELS:
         raise ValueError(f"`level` must be one of {LEVELS}, got {level!r}.")
+    if tuning not in TUNINGS:
+        raise ValueError(f"`tuning` must be one of {TUNINGS}, got {tuning!r}.")
 
     def start_phase():
         return rng.random() if phase == "random" else 0.0
+
+    def tuned(frequency):
+        return grid_frequency(frequency, sample_rate) if tuning == "grid" else frequency
 
     num_samples = int(round(attributes["duration"] * sample_rate))
     sound_samples = min(num_samples, int(round(attributes["sound_end_seconds"] * sample_rate)))
     t = np.arange(sound_samples) / sample_rate
     kind = attributes["type"]
     if kind == "tone":
-        f0 = attributes["pitch_hz"]
+        f0 = tuned(attributes["pitch_hz"])
         mono = _oscillator(f0 * t + start_phase(), attributes["waveform"], f0, sample_rate)
     elif kind == "chord":
         mono = np.zeros(sound_samples)
-        for f in chord_frequencies(attributes["pitch_hz"], attributes["chord"]):
+        for f in map(tuned, chord_frequencies(attributes["pitch_hz"], attributes["chord"])):
             mono += _oscillator(f * t + start_phase(), attributes["waveform"], f, sample_rate)
     elif kind == "noise":
         mono = rng.standard_normal(sound_samples)
@@ -451,6 +473,7 @@ def synthetic_example(
     combinations: Optional[Dict[str, List[Tuple]]] = None,
     phase: str = "random",
     level: str = "peak",
+    tuning: str = "equal",
 ) -> Dict:
     """
     Example `index` of a split: `{"file_name", "text", "attributes", "audio"}` (`audio` `(2, samples)` float32, or
@@ -467,6 +490,7 @@ def synthetic_example(
         combinations (`dict`, *optional*): precomputed [`split_combinations`] of the split (saves time in loops).
         phase (`str`, defaults to `"random"`): oscillator start phases, `"random"` or `"zero"` (see [`synthesize`]).
         level (`str`, defaults to `"peak"`): what the loudness sets, `"peak"` or `"rms"` (see [`synthesize`]).
+        tuning (`str`, defaults to `"equal"`): oscillator tuning, `"equal"` or `"grid"` (see [`synthesize`]).
     """
     if split not in SPLITS:
         raise ValueError(f"`split` must be one of {SPLITS}, got {split!r}.")
@@ -477,7 +501,7 @@ def synthetic_example(
     attributes = sample_attributes(rng, combinations)
     text = make_caption(attributes, rng)
     audio = (
-        synthesize(attributes, np.random.default_rng([seed, code, index, 1]), sample_rate, phase, level)
+        synthesize(attributes, np.random.default_rng([seed, code, index, 1]), sample_rate, phase, level, tuning)
         if with_audio
         else None
     )
@@ -493,13 +517,14 @@ def synthetic_examples(
     with_audio: bool = True,
     phase: str = "random",
     level: str = "peak",
+    tuning: str = "equal",
 ) -> List[Dict]:
     """Examples `0 .. num_examples - 1` of a split (see [`synthetic_example`])."""
     if num_examples < 0:
         raise ValueError(f"`num_examples` must be non-negative, got {num_examples}.")
     combinations = split_combinations(split, split_seed)
     return [
-        synthetic_example(i, seed, split, split_seed, sample_rate, with_audio, combinations, phase, level)
+        synthetic_example(i, seed, split, split_seed, sample_rate, with_audio, combinations, phase, level, tuning)
         for i in range(num_examples)
     ]
 
@@ -514,12 +539,14 @@ def write_synthetic_dataset(
     subtype: str = "PCM_16",
     phase: str = "random",
     level: str = "peak",
+    tuning: str = "equal",
 ) -> List[Dict]:
     """
     Writes a data set folder: `<file_name>.wav` (stereo, `subtype` `"PCM_16"` or `"FLOAT"`) with `<file_name>.txt`
     (the caption) beside each, and `metadata.jsonl` with one row per clip: `file_name`, `text` and every attribute
-    (see [`ATTRIBUTE_NAMES`]). The folder reads with `CaptionedAudioDataset`. `phase` is the oscillators' start phase
-    and `level` what the loudness sets (see [`synthesize`]). Returns the metadata rows.
+    (see [`ATTRIBUTE_NAMES`]). The folder reads with `CaptionedAudioDataset`. `phase` is the oscillators' start phase,
+    `level` what the loudness sets and `tuning` the oscillators' tuning (see [`synthesize`]). Returns the metadata
+    rows.
     """
     if subtype not in ("PCM_16", "FLOAT"):
         raise ValueError(f"`subtype` must be 'PCM_16' or 'FLOAT', got {subtype!r}.")
@@ -527,11 +554,15 @@ def write_synthetic_dataset(
         raise ValueError(f"`phase` must be one of {PHASES}, got {phase!r}.")
     if level not in LEVELS:
         raise ValueError(f"`level` must be one of {LEVELS}, got {level!r}.")
+    if tuning not in TUNINGS:
+        raise ValueError(f"`tuning` must be one of {TUNINGS}, got {tuning!r}.")
     os.makedirs(output_dir, exist_ok=True)
     combinations = split_combinations(split, split_seed)
     rows = []
     for index in range(num_examples):
-        example = synthetic_example(index, seed, split, split_seed, sample_rate, True, combinations, phase, level)
+        example = synthetic_example(
+            index, seed, split, split_seed, sample_rate, True, combinations, phase, level, tuning
+        )
         path = os.path.join(output_dir, example["file_name"])
         sf.write(path, example["audio"].T, sample_rate, subtype=subtype)
         with open(os.path.splitext(path)[0] + ".txt", "w", encoding="utf-8") as f:
