@@ -2,12 +2,21 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from transformers import AutoTokenizer
 
 from diffusers_sa3 import FlowMatchOTScheduler, PingPongAdversarialScheduler, StableAudio3Pipeline
-from diffusers_sa3.training.synthetic_sounds import caption_vocabulary, synthetic_examples
+from diffusers_sa3.training.audio_metrics import classify_sound, score_clip, stereo_side, summarize_scores
+from diffusers_sa3.training.synthetic_sounds import (
+    ATTRIBUTE_NAMES,
+    caption_vocabulary,
+    grid_frequency,
+    note_to_hz,
+    synthesize,
+    synthetic_examples,
+)
 from diffusers_sa3.training.tiny_components import (
     assemble_pipeline,
     build_tiny_same,
@@ -470,6 +479,29 @@ def test_initial_pipeline_with_pca_same_reads_the_train_folder(tmp_path):
     assert snr(build_initial_pipeline(str(tmp_path / "data"), same_init="gain_shape", **gain_shape)) > 5.0
 
 
+def test_initial_pipeline_with_spectral_same_sets_its_own_geometry(tmp_path):
+    """`same_init="spectral"` (the recipe's default): the SAME and the DiT's latent width come from the construction
+    fitted to the folder's audio; the size options it would ignore are refused by name. `half-vae` then keeps it
+    loadable."""
+    from diffusers_sa3.training.synthetic_sounds import write_synthetic_dataset
+    from diffusers_sa3.training.tiny_components import build_initial_pipeline, main, synthetic_grid_bins
+
+    write_synthetic_dataset(str(tmp_path / "data"), 6, seed=0, phase="zero", level="rms", tuning="grid")
+    main(["init", "--train_data_dir", str(tmp_path / "data"), "--output_dir", str(tmp_path / "init"),
+          "--same_init", "spectral", "--dit_layers", "1"])  # fmt: skip
+    main(["half-vae", "--pipeline", str(tmp_path / "init")])
+    pipe = StableAudio3Pipeline.from_pretrained(tmp_path / "init")
+    latent_channels = len(synthetic_grid_bins()) + 32
+    assert pipe.vae.config.latent_channels == pipe.transformer.config.in_channels == latent_channels
+    assert pipe.vae.config.patch_size == 4096 and pipe.vae.config.resampling_stride == 1
+    audio = pipe(["a loud sine tone at a4 on the left"], duration=1.0, num_inference_steps=2,
+                 generator=torch.Generator().manual_seed(0)).audios  # fmt: skip
+    assert audio.shape == (1, 2, 44100) and np.isfinite(audio).all()
+    for name, value in (("latent_channels", 64), ("same_heads", 4), ("same_patch_size", 1024)):
+        with pytest.raises(ValueError, match=f"leave {name} unset"):
+            build_initial_pipeline(str(tmp_path / "data"), same_init="spectral", **{name: value})
+
+
 def test_store_transformer_half_halves_the_file_and_loads_back_as_float32(tmp_path):
     """`store_transformer_half` (the recipe's `half-transformer` step): the transformer file shrinks to about half,
     loads back as float32 with every weight equal to the float16 rounding of the original, and a missing file is
@@ -489,3 +521,181 @@ def test_store_transformer_half_halves_the_file_and_loads_back_as_float32(tmp_pa
         torch.testing.assert_close(reloaded, original.half().float(), rtol=0, atol=0)
     with pytest.raises(ValueError, match="transformer"):
         store_transformer_half(str(tmp_path / "missing"))
+
+
+# ---------------------------------------------------------------------------------------------------- spectral SAME
+
+
+def _attributes_for(kind, side, duration, loudness="loud", **extra):
+    attributes = dict.fromkeys(ATTRIBUTE_NAMES)
+    attributes.update(
+        type=kind,
+        side=side,
+        loudness=loudness,
+        duration=float(duration),
+        seconds_total=duration,
+        sound_end_seconds=float(duration),
+        **extra,
+    )
+    if attributes["note"] is not None:
+        attributes["pitch_hz"] = note_to_hz(attributes["note"])
+    return attributes
+
+
+def _spectral_reference(info, audio):
+    """Numpy reference of the spectral coder (float64), from the matrices the construction returns."""
+    frame = 4096
+    audio = np.asarray(audio, dtype=np.float64)
+    num_frames = -(-audio.shape[1] // frame)
+    frames = np.zeros((2, num_frames * frame))
+    frames[:, : audio.shape[1]] = audio
+    frames = frames.reshape(2, num_frames, frame)
+    n = np.arange(frame)
+    basis = np.sqrt(2 / frame) * np.sin(2 * np.pi * np.asarray(info["bins"])[:, None] * n / frame)
+    levels_u, noise_w = info["level_directions"].numpy(), info["noise_directions"].numpy()
+    p_left, p_right = frames[0] @ levels_u.T, frames[1] @ levels_u.T
+    n_left, n_right = frames[0] @ noise_w.T, frames[1] @ noise_w.T
+    eps = info["floor"] ** 2
+    divisor = ((p_left + p_right) ** 2).mean(1) + info["noise_suppression"] * ((n_left + n_right) ** 2).mean(1)
+    shape = info["shape_scale"] * ((frames[0] + frames[1]) @ basis.T) / np.sqrt(divisor + eps)[:, None]
+    levels = 0.5 * np.log(
+        np.stack([(p_left**2).mean(1), (p_right**2).mean(1), (n_left**2).mean(1), (n_right**2).mean(1)], 1) + eps
+    )
+    latents = info["curve"].to_latent(torch.from_numpy(levels)).numpy()
+    return np.concatenate([shape, np.repeat(latents, info["gain_copies"], axis=1)], 1).T, basis
+
+
+def _spectral_reference_decode(info, latents, eps_noise):
+    latents = np.asarray(latents, dtype=np.float64)
+    num_bins, num_frames = len(info["bins"]), latents.shape[1]
+    n = np.arange(4096)
+    basis = np.sqrt(2 / 4096) * np.sin(2 * np.pi * np.asarray(info["bins"])[:, None] * n / 4096)
+    levels = latents[num_bins:].T.reshape(num_frames, 4, info["gain_copies"]).mean(-1)
+    gains = np.exp(info["curve"].to_level(torch.from_numpy(levels)).numpy())
+    tonal = (latents[:num_bins].T / info["shape_scale"]) @ basis
+    noise = eps_noise @ info["noise_patterns"].numpy() / np.sqrt(eps_noise.shape[1])
+    left = gains[:, :1] * tonal + gains[:, 2:3] * noise
+    right = gains[:, 1:2] * tonal + gains[:, 3:4] * noise
+    return np.stack([left.reshape(-1), right.reshape(-1)])
+
+
+@pytest.fixture(scope="module")
+def spectral_same():
+    from diffusers_sa3.training.tiny_components import build_spectral_same
+
+    clips = [e["audio"] for e in synthetic_examples(40, seed=0, phase="zero", level="rms", tuning="grid")]
+    model, info = build_spectral_same(clips)
+    return model.eval(), info
+
+
+def test_spectral_same_matches_its_reference_and_keeps_the_scores(spectral_same):
+    """The constructed encoder and decoder against an independent numpy implementation of the coder (float64):
+    latents within 1e-3 of their largest value, decoded audio within 2 % of its peak (the fitted SiLU ramps), with
+    the decoder's own new-token noise driving the noise patterns; and the reconstructions of held-out grid-tuned
+    clips keep their sound type, pitch, side and end (the DSP metrics of the evaluation)."""
+    model, info = spectral_same
+    assert info["fit_error"] < 0.05
+    width = model.config.num_attention_heads * model.config.attention_head_dim
+    noise_channels = 1 + 2 * len(info["bins"]) + np.arange(info["noise_patterns"].shape[0])
+    examples = synthetic_examples(24, seed=1, split="heldout", phase="zero", level="rms", tuning="grid")
+    scores = []
+    for index, example in enumerate(examples):
+        audio = torch.from_numpy(example["audio"])[None]
+        with torch.no_grad():
+            latents = model.encode(audio, chunked=False).latents
+        expected, _ = _spectral_reference(info, example["audio"])
+        frames = expected.shape[1]  # the model pads to whole attention chunks (2 frames)
+        assert np.abs(latents[0, :, :frames].double().numpy() - expected).max() <= 1e-3 * np.abs(expected).max()
+        draw = torch.randn(latents.shape[-1], 1, width, generator=torch.Generator().manual_seed(index))
+        with torch.no_grad():
+            decoded = model.decode(latents, noise=(torch.zeros_like(latents), draw), chunked=False).sample[0]
+        reference = _spectral_reference_decode(info, latents[0].numpy(), draw[:, 0, noise_channels].double().numpy())
+        assert np.abs(decoded.double().numpy() - reference).max() <= 0.02 * np.abs(reference).max()
+        scores.append(score_clip(decoded.numpy()[:, : audio.shape[-1]], 44100, example["attributes"], "rms"))
+    summary = summarize_scores(scores)
+    assert summary["type_accuracy"] >= 0.9 and summary["side_accuracy"] == 1.0, summary
+    assert summary["duration_adherence"] == 1.0 and summary["median_pitch_error_semitones"] < 0.6, summary
+
+
+def test_spectral_same_codes_steady_sounds_as_steady_latents_and_generates_noise(spectral_same):
+    model, info = spectral_same
+    num_bins, copies = len(info["bins"]), info["gain_copies"]
+    tone = _attributes_for("tone", "left", waveform="sawtooth", note="a4", duration=3)
+    audio = torch.from_numpy(synthesize(tone, np.random.default_rng(0), phase="zero", level="rms", tuning="grid"))
+    with torch.no_grad():
+        latents = model.encode(audio[None], chunked=False).latents[0]
+    steady = latents[:, 1:-2]  # between the fade-in and the fade-out
+    assert (steady - steady[:, :1]).abs().max() < 1e-4 * steady.abs().max()
+    # Shape on the tone's harmonics (sawtooth: 1 / k), left 12 dB over right, no noise.
+    shape = steady[:num_bins, 0]
+    fundamental = round(grid_frequency(note_to_hz("a4")) / (44100 / 4096))
+    harmonics = [info["bins"].index(fundamental * k) for k in (1, 2, 3, 4)]
+    np.testing.assert_allclose((shape[harmonics] / shape[harmonics[0]]).numpy(), [1, 1 / 2, 1 / 3, 1 / 4], atol=0.01)
+    levels = steady[num_bins:, 0].view(4, copies)[:, 0].double()
+    left, right, noise_left, noise_right = info["curve"].to_level(levels).tolist()
+    assert abs(20 / math.log(10) * (left - right) - 12.04) < 0.2
+    assert max(noise_left, noise_right) < math.log(info["floor"]) + 0.5
+    # Noise: a flat-spectrum burst decodes (with the decode noise) to noise of the same level and side.
+    burst = _attributes_for("noise", "right", duration=3)
+    audio = synthesize(burst, np.random.default_rng(1), level="rms")
+    with torch.no_grad():
+        latents = model.encode(torch.from_numpy(audio)[None], chunked=False).latents
+        decoded = model.decode(latents, generator=torch.Generator().manual_seed(0), chunked=False).sample[0].numpy()
+        silent = model.decode(latents, add_noise=False, chunked=False).sample[0].numpy()
+    decoded = decoded[:, : audio.shape[1]]
+    assert classify_sound(decoded, 44100)["label"] == "noise"
+    level_db = 10 * np.log10((decoded**2).mean(1) / (audio.astype(np.float64) ** 2).mean(1))
+    assert np.abs(level_db).max() < 1.5, level_db
+    assert stereo_side(decoded) == "right"
+    assert (silent**2).mean() < 0.05 * (audio**2).mean(), "without decode noise only the small tonal part is left"
+    # Silence codes as the silence latent and decodes under -90 dBFS.
+    with torch.no_grad():
+        latents = model.encode(torch.zeros(1, 2, 3 * 4096), chunked=False).latents
+        decoded = model.decode(latents, generator=torch.Generator().manual_seed(0), chunked=False).sample
+    assert latents[0, :num_bins].abs().max() < 1e-6
+    assert torch.allclose(
+        latents[0, num_bins:], torch.full_like(latents[0, num_bins:], info["curve"].silence_latent), atol=1e-2
+    )
+    assert 20 * math.log10(decoded.pow(2).mean().sqrt().item()) < -90
+
+
+def test_spectral_same_half_storage_and_bad_models(tmp_path, spectral_same):
+    """`half-vae`: the analysis and synthesis matrices in float16, the rest float16 only where exact; smaller file,
+    float32 on load, reconstruction within 1e-3 of the full-precision model. Unsuited models are refused."""
+    from diffusers_sa3 import SAMEAutoencoderModel
+    from diffusers_sa3.training.tiny_components import (
+        SPECTRAL_LOSSY_WEIGHTS,
+        spectral_initialise_same,
+        store_weights_half,
+    )
+
+    model, info = spectral_same
+    model.save_pretrained(tmp_path / "vae")
+    path = tmp_path / "vae" / "diffusion_pytorch_model.safetensors"
+    before = path.stat().st_size
+    store_weights_half(str(tmp_path), "vae", SPECTRAL_LOSSY_WEIGHTS)
+    assert path.stat().st_size < 0.6 * before
+    loaded = SAMEAutoencoderModel.from_pretrained(tmp_path / "vae").eval()
+    assert all(p.dtype == torch.float32 for p in loaded.parameters())
+    audio = torch.from_numpy(synthetic_examples(1, seed=5, phase="zero", level="rms", tuning="grid")[0]["audio"])[None]
+    with torch.no_grad():
+        full = model.decode(model.encode(audio).latents, add_noise=False).sample
+        half = loaded.decode(loaded.encode(audio).latents, add_noise=False).sample
+    assert (full - half).abs().max() < 1e-3 * full.abs().max()
+    with pytest.raises(ValueError, match="no tensors"):
+        store_weights_half(str(tmp_path), "vae", ["decoder.missing"])
+    with pytest.raises(ValueError, match="build_spectral_same"):
+        spectral_initialise_same(build_tiny_same(latent_channels=32), [audio[0].numpy()])
+    clips = [audio[0].numpy()]
+    wrong = build_tiny_same(
+        latent_channels=8,
+        num_attention_heads=2,
+        num_layers=3,
+        num_decoder_layers=2,
+        patch_size=4096,
+        resampling_stride=1,
+        decoder_kernel_size=1,
+        decoder_sinusoidal_blocks=2,
+    )
+    with pytest.raises(ValueError, match="needs `latent_channels`"):
+        spectral_initialise_same(wrong, clips)

@@ -7,7 +7,9 @@ default) and a post-trained model (`--post_trained_steps`, 1 and 8 by default), 
 `diffusers_sa3.training.audio_metrics`: sound-type accuracy, median pitch error (semitones), median tempo error (BPM),
 stereo side accuracy, duration adherence (the sound ends within +-0.5 s of the requested end), loudness accuracy, and
 the SAME reconstruction SNR of the ground-truth clips through each model's autoencoder. A `reference` column scores
-the ground-truth clips themselves (a check of the metrics). Targets are reported, not asserted.
+the ground-truth clips themselves (a check of the metrics), and a `same_reconstruction` column their encode-decode
+through the first model's autoencoder (with its decode noise: what the DiT's targets can reach at best). The JSON also
+has each column's type accuracy per expected label. Targets are reported, not asserted.
 
 Example:
 
@@ -30,6 +32,7 @@ from diffusers_sa3.training.synthetic_sounds import (
     LEVELS,
     PHASES,
     SAMPLE_RATE,
+    TUNINGS,
     split_combinations,
     synthetic_example,
 )
@@ -90,6 +93,12 @@ def parse_args(input_args=None):
     )
     parser.add_argument("--seed", type=int, default=0, help="Seed of the prompts and of the generation noise.")
     parser.add_argument("--split_seed", type=int, default=0, help="Seed of the held-out attribute combinations.")
+    parser.add_argument(
+        "--tuning",
+        choices=TUNINGS,
+        default="equal",
+        help="Oscillator tuning of the reference clips (as the training set was written: synthetic_sounds.py).",
+    )
     args = parser.parse_args(input_args)
     if args.num_prompts <= 0:
         parser.error(f"`--num_prompts` must be positive, got {args.num_prompts}.")
@@ -100,7 +109,7 @@ def parse_args(input_args=None):
     return args
 
 
-def held_out_prompts(num_prompts, seed, split_seed, max_seconds=None, phase="random", level="peak"):
+def held_out_prompts(num_prompts, seed, split_seed, max_seconds=None, phase="random", level="peak", tuning="equal"):
     """The first `num_prompts` held-out examples (with audio) whose duration is at most `max_seconds`."""
     combinations = split_combinations("heldout", split_seed)
     examples, index = [], 0
@@ -109,7 +118,14 @@ def held_out_prompts(num_prompts, seed, split_seed, max_seconds=None, phase="ran
         if max_seconds is None or example["attributes"]["duration"] <= max_seconds:
             examples.append(
                 synthetic_example(
-                    index, seed, "heldout", split_seed, combinations=combinations, phase=phase, level=level
+                    index,
+                    seed,
+                    "heldout",
+                    split_seed,
+                    combinations=combinations,
+                    phase=phase,
+                    level=level,
+                    tuning=tuning,
                 )
             )
         index += 1
@@ -160,9 +176,27 @@ def reconstruction_snr(vae, audios):
     return float(np.mean(values))
 
 
+@torch.no_grad()
+def reconstructions(vae, audios, seed):
+    """Encode-decode of `(2, samples)` arrays with the official decode noise (seeded), cut to their lengths."""
+    device = next(vae.parameters()).device
+    out = []
+    for index, audio in enumerate(audios):
+        target = torch.from_numpy(audio)[None].to(device=device, dtype=vae.dtype)
+        generator = torch.Generator(device).manual_seed(seed + index)
+        decoded = vae.decode(vae.encode(target).latents, generator=generator).sample[0, :, : target.shape[-1]]
+        out.append(decoded.float().cpu().numpy())
+    return out
+
+
 def score_column(audios, examples, sample_rate, level="peak"):
     clips = [score_clip(audio, sample_rate, e["attributes"], level) for audio, e in zip(audios, examples)]
-    return {"metrics": summarize_scores(clips), "clips": clips}
+    by_label = {}
+    for clip in clips:
+        counts = by_label.setdefault(clip["expected_label"], [0, 0])
+        counts[0] += int(clip["type_correct"])
+        counts[1] += 1
+    return {"metrics": summarize_scores(clips), "clips": clips, "type_correct_by_label": by_label}
 
 
 def format_table(columns):
@@ -199,7 +233,9 @@ def meets_targets(metrics):
 def main(args):
     # 1. Held-out prompts and their ground-truth clips.
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    examples = held_out_prompts(args.num_prompts, args.seed, args.split_seed, args.max_seconds, args.phase, args.level)
+    examples = held_out_prompts(
+        args.num_prompts, args.seed, args.split_seed, args.max_seconds, args.phase, args.level, args.tuning
+    )
     columns = {"reference": score_column([e["audio"] for e in examples], examples, SAMPLE_RATE, args.level)}
     columns["reference"]["metrics"]["same_snr_db"] = None
 
@@ -212,6 +248,10 @@ def main(args):
     for name, path, euler, step_counts, guidance_scale in settings:
         pipe = load_pipeline(path, device, euler=euler)
         snr = reconstruction_snr(pipe.vae, [e["audio"] for e in examples])
+        if "same_reconstruction" not in columns:
+            audios = reconstructions(pipe.vae, [e["audio"] for e in examples], args.seed)
+            columns["same_reconstruction"] = score_column(audios, examples, pipe.sampling_rate, args.level)
+            columns["same_reconstruction"]["metrics"]["same_snr_db"] = snr
         for steps in step_counts:
             column = f"{name}_euler_{steps}" if euler else f"{name}_{steps}"
             audios = generate(pipe, examples, steps, args.seed, args.batch_size, guidance_scale)
@@ -227,6 +267,11 @@ def main(args):
     # 3. Report.
     table = format_table(columns)
     print(table)
+    for name, column in columns.items():
+        print(
+            f"{name}: type correct by label "
+            + ", ".join(f"{label} {c}/{n}" for label, (c, n) in sorted(column["type_correct_by_label"].items()))
+        )
     for column in columns.values():
         column["meets_targets"] = meets_targets(column["metrics"])
     result = {

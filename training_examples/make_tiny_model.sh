@@ -27,12 +27,15 @@ set -euo pipefail
 RUN_DIR=${RUN_DIR:-/work/tiny_run/real}
 SHIP_DIR=${SHIP_DIR:-}                        # empty: never copy into the repo
 SEED=${SEED:-0}
-NUM_TRAIN=${NUM_TRAIN:-800}
+NUM_TRAIN=${NUM_TRAIN:-2000}
 NUM_HELDOUT=${NUM_HELDOUT:-200}
 PHASE=${PHASE:-zero}                   # oscillator start phases of the set: random, or zero (each tone, chord and chirp
                                        # a fixed function of its attributes; training_examples/README, stop 20)
 LEVEL=${LEVEL:-rms}                    # what a clip's loudness sets: peak (0.1 / 0.8), or rms (every sound type of a
                                        # loudness at one energy, a 10 dB range; training_examples/README, stop 22)
+TUNING=${TUNING:-grid}                 # oscillator tuning of tones and chords: equal, or grid (multiples of 44100 /
+                                       # 4096 Hz: with PHASE=zero a steady sound is the same in every latent frame of
+                                       # the spectral SAME; training_examples/README, stop 25)
 # Model sizes (see diffusers_sa3.training.tiny_components).
 TEXT_WIDTH=${TEXT_WIDTH:-64}
 LATENT_CHANNELS=${LATENT_CHANNELS:-64}
@@ -42,9 +45,12 @@ SAME_STRIDE=${SAME_STRIDE:-1}          # one 1,024-sample patch per latent (43 l
                                        # 16 patches per latent, which the tiny one could not learn on a CPU budget:
                                        # training_examples/README)
 SAME_KERNEL=${SAME_KERNEL:-1}          # decoder output convolution kernel (1: a third of the weights of 3)
-SAME_INIT=${SAME_INIT:-gain_shape}            # pca: start as the per-channel principal-component coder of the training
-                                       # frames (tiny_components.pca_initialise_same); gain_shape: the same coefficients
-                                       # divided by their RMS per frame and channel, log RMS as two more latents
+SAME_INIT=${SAME_INIT:-spectral}       # spectral: a constructed spectral gain-shape SAME with a noise generator, whose
+                                       # latents are steady for steady grid-tuned sounds (tiny_components.
+                                       # build_spectral_same; its geometry and latent width are its own, the SAME_* /
+                                       # LATENT_CHANNELS sizes below do not apply); pca: the per-channel principal-
+                                       # component coder of the training frames (pca_initialise_same); gain_shape: those
+                                       # coefficients over their RMS per frame and channel, log RMS as two more latents
                                        # (gain_shape_initialise_same); random: build_tiny_same's init
 SAME_LAYERS=${SAME_LAYERS:-3}         # encoder blocks: gain_shape needs 3 (pca 1; further blocks start as identities)
 SAME_DECODER_LAYERS=${SAME_DECODER_LAYERS:-2}  # gain_shape needs 2 (pca 1)
@@ -65,14 +71,14 @@ DEC_STEPS=${DEC_STEPS:-0}               # decoder-only fine-tune (level loss) of
                                         # the PCA init lowered every score: training_examples/README)
 DEC_LR=${DEC_LR:-1e-4}
 DEC_LAMBDA_LEVEL=${DEC_LAMBDA_LEVEL:-2}
-FLOW_STEPS=${FLOW_STEPS:-800}
+FLOW_STEPS=${FLOW_STEPS:-4000}
 FLOW_INIT=${FLOW_INIT:-}                 # empty: train_flow starts from init_trained_same/'s fresh DiT; else the base/
                                          # folder of an earlier run of this recipe (its SAME, text encoder and tokenizer
                                          # must be the files this run builds: checked), whose DiT train_flow continues
                                          # for FLOW_STEPS more steps (a fresh optimizer, warm-up and EMA). It is copied
                                          # to RUN_DIR/flow_init first, with its model card (the earlier commands).
 FLOW_BATCH=${FLOW_BATCH:-16}
-FLOW_LR=${FLOW_LR:-1e-3}
+FLOW_LR=${FLOW_LR:-2e-3}
 FLOW_WARMUP=${FLOW_WARMUP:-200}
 FLOW_SAMPLER=${FLOW_SAMPLER:-uniform}    # training noise levels: the official wrapper's default; the LoRA script's
                                          # trunc_logit_normal puts 1 % of them below t = 0.15, where quiet clips are
@@ -86,11 +92,13 @@ ADV_BATCH=${ADV_BATCH:-8}
 CHECKPOINT_EVERY=${CHECKPOINT_EVERY:-250}
 EVAL_PROMPTS=${EVAL_PROMPTS:-24}
 EVAL_BASE_STEPS=${EVAL_BASE_STEPS:-50}
-if [[ "$SAME_INIT" == gain_shape ]] && ((AE_STEPS > 0 || DEC_STEPS > 0)); then
-    # The construction's weights (exact squares and products, DyT norms kept linear by 1 / alpha gains of 1e4 and
-    # more) do not survive gradient steps at these rates: 2 + 2 steps took the held-out SNR from 7 dB to -166 dB.
-    echo "[make_tiny_model] AE_STEPS=$AE_STEPS and DEC_STEPS=$DEC_STEPS must be 0 with SAME_INIT=gain_shape (it is" \
-        "built, not trained: training_examples/README, stop 23); set SAME_INIT=pca or random to train the SAME." >&2
+if [[ "$SAME_INIT" == gain_shape || "$SAME_INIT" == spectral ]] && ((AE_STEPS > 0 || DEC_STEPS > 0)); then
+    # The constructions' weights (exact squares and products, DyT norms kept linear by 1 / alpha gains of 1e4 and
+    # more) do not survive gradient steps at these rates: 2 + 2 steps took the gain-shape SAME's held-out SNR from
+    # 7 dB to -166 dB.
+    echo "[make_tiny_model] AE_STEPS=$AE_STEPS and DEC_STEPS=$DEC_STEPS must be 0 with SAME_INIT=$SAME_INIT (it is" \
+        "built, not trained: training_examples/README, stops 23 and 25); set SAME_INIT=pca or random to train the" \
+        "SAME." >&2
     exit 2
 fi
 if python -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then DEVICE_FLAGS=(); else
@@ -126,17 +134,25 @@ stage() {
 
 # ----------------------------------------------------------------------------------------------- 1. data
 stage data_train python training_examples/synthetic_sounds.py --output_dir "$RUN_DIR/data/train" \
-    --num_examples "$NUM_TRAIN" --split train --seed "$SEED" --phase "$PHASE" --level "$LEVEL"
+    --num_examples "$NUM_TRAIN" --split train --seed "$SEED" --phase "$PHASE" --level "$LEVEL" --tuning "$TUNING"
 stage data_heldout python training_examples/synthetic_sounds.py --output_dir "$RUN_DIR/data/heldout" \
-    --num_examples "$NUM_HELDOUT" --split heldout --seed "$((SEED + 1))" --phase "$PHASE" --level "$LEVEL"
+    --num_examples "$NUM_HELDOUT" --split heldout --seed "$((SEED + 1))" --phase "$PHASE" --level "$LEVEL" \
+    --tuning "$TUNING"
 
 # ----------------------------------------------------------------------------------------------- 2. components
+SAME_SIZE_FLAGS=(--latent_channels "$LATENT_CHANNELS" --same_heads "$SAME_HEADS" --same_layers "$SAME_LAYERS"
+    --same_decoder_layers "$SAME_DECODER_LAYERS" --same_patch_size "$SAME_PATCH" --same_resampling_stride "$SAME_STRIDE"
+    --same_decoder_kernel_size "$SAME_KERNEL")
+[[ "$SAME_INIT" == spectral ]] && SAME_SIZE_FLAGS=()   # the construction sets them
 stage build_init python -m diffusers_sa3.training.tiny_components init --train_data_dir "$RUN_DIR/data/train" \
-    --output_dir "$RUN_DIR/init" --text_width "$TEXT_WIDTH" --latent_channels "$LATENT_CHANNELS" \
-    --same_heads "$SAME_HEADS" --same_layers "$SAME_LAYERS" --same_decoder_layers "$SAME_DECODER_LAYERS" --same_patch_size "$SAME_PATCH" \
-    --same_resampling_stride "$SAME_STRIDE" --same_decoder_kernel_size "$SAME_KERNEL" --same_init "$SAME_INIT" \
+    --output_dir "$RUN_DIR/init" --text_width "$TEXT_WIDTH" "${SAME_SIZE_FLAGS[@]}" --same_init "$SAME_INIT" \
     --dit_layers "$DIT_LAYERS" --dit_heads "$DIT_HEADS" \
     --max_text_length "$MAX_TEXT_LENGTH" --seed "$SEED"
+if [[ "$SAME_INIT" == spectral ]]; then
+    # Its analysis and synthesis matrices in float16 (the size budget) before anything is encoded with it, so that
+    # the DiT trains on, and the evaluation scores, the SAME that ships.
+    stage half_vae python -m diffusers_sa3.training.tiny_components half-vae --pipeline "$RUN_DIR/init"
+fi
 
 # ----------------------------------------------------------------------------------------------- 3. SAME
 SAME_DIR="$RUN_DIR/init/vae"
@@ -166,6 +182,12 @@ SAME_DIR="$RUN_DIR/same_decoder"
 fi
 stage build_trained_same python -m diffusers_sa3.training.tiny_components swap-vae --pipeline "$RUN_DIR/init" \
     --vae "$SAME_DIR" --output_dir "$RUN_DIR/init_trained_same"
+# Every saved pipeline writes its SAME back in float32: the spectral SAME is stored again with `half-vae` in each
+# folder that is used or shipped (the same values, so the same bytes in all of them).
+if [[ "$SAME_INIT" == spectral ]]; then
+    stage half_vae_trained_same python -m diffusers_sa3.training.tiny_components half-vae \
+        --pipeline "$RUN_DIR/init_trained_same"
+fi
 
 FLOW_FROM="$RUN_DIR/init_trained_same"
 if [[ -n "$FLOW_INIT" ]]; then
@@ -215,11 +237,15 @@ stage train_adversarial "${LAUNCH[@]}" training_examples/train_adversarial.py \
 # before the evaluation, so the evaluation scores the weights that ship.
 stage half_base python -m diffusers_sa3.training.tiny_components half-transformer --pipeline "$RUN_DIR/base"
 stage half_post python -m diffusers_sa3.training.tiny_components half-transformer --pipeline "$RUN_DIR/post"
+if [[ "$SAME_INIT" == spectral ]]; then
+    stage half_vae_base python -m diffusers_sa3.training.tiny_components half-vae --pipeline "$RUN_DIR/base"
+    stage half_vae_post python -m diffusers_sa3.training.tiny_components half-vae --pipeline "$RUN_DIR/post"
+fi
 
 # ----------------------------------------------------------------------------------------------- 8. evaluation
 stage evaluate python training_examples/evaluate.py --base "$RUN_DIR/base" --base_steps "$EVAL_BASE_STEPS" \
     --post_trained "$RUN_DIR/post" --post_trained_steps 1 8 --num_prompts "$EVAL_PROMPTS" --seed "$SEED" --phase "$PHASE" \
-    --level "$LEVEL" --output_json "$RUN_DIR/eval.json"
+    --level "$LEVEL" --tuning "$TUNING" --output_json "$RUN_DIR/eval.json"
 
 # ----------------------------------------------------------------------------------------------- 9. cards, shipping
 python - "$RUN_DIR" "$SHIP_DIR" <<'EOF'
@@ -264,7 +290,8 @@ if os.path.exists(earlier_card):
         cells = [c.strip() for c in line.strip().strip("|").split("|")] if line.startswith("| ") else []
         if len(cells) == 3 and cells[1].isdigit():
             if cells[0] in ("data_train", "data_heldout", "build_init", "build_trained_same", "pre_encode",
-                            "train_flow", "half_base", "train_autoencoder", "finetune_decoder"):
+                            "train_flow", "half_base", "half_vae", "half_vae_trained_same", "half_vae_base",
+                            "train_autoencoder", "finetune_decoder"):
                 earlier.append((cells[0], cells[1], cells[2].strip("`")))
     def read(name):
         path = os.path.join(run, "flow_init", name)
@@ -289,7 +316,10 @@ def card(title, folder, sampling):
              "quiet / loud; 1-12 s) with `training_examples/make_tiny_model.sh`. The text encoder is a tiny T5Gemma",
              "encoder with frozen *random* weights and a word-level tokenizer over the caption words: it only knows",
              "the caption grammar. For tests, demos and CI, not for real audio.", "", same_origin, "",
-             "The transformer weights are stored in float16 and load as float32.", "",
+             "The transformer weights are stored in float16 and load as float32"
+             + ("; so are the SAME's analysis and synthesis matrices and its weights that float16 holds exactly "
+                "(`half-vae`), its other weights are float32." if any(n.startswith("half_vae") for n, _, _ in stages + earlier)
+                else "."), "",
              f"Sampling: {sampling}", "",
              f"Weights in this folder: {weights_mb(folder):.1f} MB (safetensors).", "",
              f"Hardware: {hardware}.", "",

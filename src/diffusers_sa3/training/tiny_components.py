@@ -7,7 +7,7 @@ scripts of `training_examples/` (see `training_examples/make_tiny_model.sh` for 
 """
 
 import math
-from typing import Dict, Iterable, List, Optional
+from typing import Dict, Iterable, List, Optional, Sequence
 
 import torch
 from torch import nn
@@ -31,7 +31,7 @@ SPECIAL_TOKENS = (PAD_TOKEN, EOS_TOKEN, BOS_TOKEN, UNK_TOKEN)  # ids 0, 1, 2, 3,
 TINY_LOGSNR_END = 6.0
 
 # Initialisations of the tiny SAME (`build_initial_pipeline(same_init=...)`).
-SAME_INITS = ("random", "pca", "gain_shape")
+SAME_INITS = ("random", "pca", "gain_shape", "spectral")
 
 
 def build_word_tokenizer(vocabulary: Iterable[str], model_max_length: int = 64):
@@ -184,6 +184,8 @@ def build_tiny_same(
     input_gain: float = 20.0,
     decoder_kernel_size: int = 3,
     num_decoder_layers: Optional[int] = None,
+    mlp_ratio: float = 3.0,
+    decoder_sinusoidal_blocks: int = 0,
 ) -> SAMEAutoencoderModel:
     r"""
     A tiny SAME-S style autoencoder (chunked attention of 32 latent frames, midpoint shift, conv mapping in the
@@ -223,6 +225,9 @@ def build_tiny_same(
         decoder_kernel_size (`int`, defaults to 3): Kernel of the decoder's output convolution (3 as SAME-S; 1 as
             SAME-L, a third of its weights).
         num_decoder_layers (`int`, *optional*): Transformer layers of the decoder (default: `num_layers`).
+        mlp_ratio (`float`, defaults to 3.0): Feed-forward width over the model width (3 as the released SAMEs).
+        decoder_sinusoidal_blocks (`int`, defaults to 0): `sin(pi x)`-gated decoder blocks (official rule: block `i`
+            when `num_decoder_layers - i < decoder_sinusoidal_blocks`).
     """
     if input_gain <= 0:
         raise ValueError(f"`input_gain` must be positive, got {input_gain}: 1 keeps the official input projection.")
@@ -239,8 +244,9 @@ def build_tiny_same(
             patch_size=patch_size,
             resampling_stride=resampling_stride,
             chunk_midpoint_shift=True,
-            decoder_sinusoidal_blocks=0,
+            decoder_sinusoidal_blocks=decoder_sinusoidal_blocks,
             decoder_kernel_size=decoder_kernel_size,
+            mlp_ratio=mlp_ratio,
         )
         if new_token_std:
             for resampler in (model.encoder.resampler, model.decoder.resampler):
@@ -256,7 +262,9 @@ def build_tiny_same(
         return model
 
 
-def _copy_previous_token_block(block: nn.Module, dim: int, head_dim: int, scale: float = 1.0) -> None:
+def _copy_previous_token_block(
+    block: nn.Module, dim: int, head_dim: int, scale: float = 1.0, channels: Optional[torch.Tensor] = None
+) -> None:
     """
     Sets one transformer block of a stride-1 resampling block so that every new token takes the value of the token
     just before it (its own patch or latent), through attention alone.
@@ -267,7 +275,8 @@ def _copy_previous_token_block(block: nn.Module, dim: int, head_dim: int, scale:
     (channel 0, 1 in the new tokens, 0 in the patches and latents) on a non-rotated dim, so it attends to the new
     tokens, whose values are 0. The values are the block input (DyT made linear: alpha 0.005, weight 200) without the
     flag; `to_out` is the identity and the feed-forward branch is zero. `scale`: the size of the block's input
-    tokens (the flag stays 1); the other norms are set for inputs of that size.
+    tokens (the flag stays 1); the other norms are set for inputs of that size. `channels`: the channels copied (the
+    values of the others are 0, so that a new token keeps its own content there); default all but the flag.
     """
     rotated = head_dim // 2
     flag_dim = rotated  # the first non-rotated dim
@@ -277,8 +286,11 @@ def _copy_previous_token_block(block: nn.Module, dim: int, head_dim: int, scale:
     block.norm1.bias.zero_()
     block.norm2.alpha.fill_(4.0 / scale)
     weight = torch.zeros(5 * dim, dim)  # rows [q | k | v | q_diff | k_diff]
-    weight[2 * dim : 3 * dim] = torch.eye(dim)
-    weight[2 * dim : 3 * dim, 0] = 0.0
+    if channels is None:
+        weight[2 * dim : 3 * dim] = torch.eye(dim)
+        weight[2 * dim : 3 * dim, 0] = 0.0
+    else:
+        weight[2 * dim + channels, channels] = 1.0
     for head in range(heads):
         weight[3 * dim + head * head_dim + flag_dim, 0] = 1.0
         weight[4 * dim + head * head_dim + flag_dim, 0] = 1.0
@@ -298,10 +310,15 @@ def _copy_previous_token_block(block: nn.Module, dim: int, head_dim: int, scale:
     block.ff.proj_out.bias.zero_()
 
 
-def _set_weight_norm_conv(conv: nn.Module, weight: torch.Tensor) -> None:
-    """Loads `weight` `(out, in, kernel)` into a [`SAMEWeightNormConv1d`] (`weight_g` = row norms), bias 0."""
+def _set_weight_norm_conv(conv: nn.Module, weight: torch.Tensor, normalise: bool = False) -> None:
+    """
+    Loads `weight` `(out, in, kernel)` into a [`SAMEWeightNormConv1d`] (`weight_g` = row norms), bias 0. `normalise`
+    stores unit-norm rows in `weight_v` (the same conv; keeps tiny weights out of float16's subnormal range).
+    """
     norms = weight.flatten(1).norm(dim=1)
     weight = weight.clone()
+    if normalise:
+        weight = weight / norms.clamp(min=1e-30).view(-1, 1, 1)
     weight[norms == 0, 0, 0] = 1.0  # a zero row keeps a direction; its gain below is 0
     conv.weight_v.copy_(weight)
     conv.weight_g.copy_(norms.view(-1, 1, 1))
@@ -736,6 +753,592 @@ def gain_shape_initialise_same(
     }
 
 
+# ---------------------------------------------------------------------------------------------------- spectral SAME
+
+SPECTRAL_FRAME = 4096
+
+
+def synthetic_grid_bins(harmonics: int = 4, low_hz=(40.0, 125.0), frame: int = SPECTRAL_FRAME) -> List[int]:
+    """
+    The sine bins (multiples of `sample_rate / frame`, i.e. frequencies in units of the grid step) of the grid-tuned
+    synthetic set (`synthetic_sounds.synthesize(tuning="grid")`): harmonics 1..`harmonics` of every note of
+    `synthetic_sounds.NOTES`, the fundamentals of every chord note, and every bin between `low_hz` (the kick drum's
+    glide). Sorted.
+    """
+    from .synthetic_sounds import CHORD_QUALITIES, NOTES, SAMPLE_RATE, chord_frequencies, note_to_hz
+
+    if harmonics < 1:
+        raise ValueError(f"`harmonics` must be at least 1, got {harmonics}.")
+    step = SAMPLE_RATE / frame
+    bins = set(range(math.ceil(low_hz[0] / step), math.floor(low_hz[1] / step) + 1))
+    for note in NOTES:
+        root = note_to_hz(note)
+        bins.update(max(1, round(root / step)) * h for h in range(1, harmonics + 1))
+        for quality in CHORD_QUALITIES:
+            bins.update(max(1, round(f / step)) for f in chord_frequencies(root, quality))
+    return sorted(b for b in bins if 0 < b < frame // 2)
+
+
+def _half_exact_widths(widths: torch.Tensor, input_scale: float = 1.0) -> torch.Tensor:
+    """
+    Ramp widths moved so that the ramps' slopes `1 / (input_scale * width)` are exact in float16 (unchanged where a
+    slope is beyond float16's normal range).
+    """
+    slopes = 1.0 / (input_scale * widths)
+    normal = (slopes.abs() >= torch.finfo(torch.float16).tiny) & (slopes.abs() <= torch.finfo(torch.float16).max)
+    slopes = torch.where(normal, slopes.half().double(), slopes)
+    return 1.0 / (input_scale * slopes)
+
+
+def _zero_attention(block: nn.Module) -> None:
+    """An attention branch that adds nothing, with all-zero weights (exact in float16)."""
+    block.attn.to_qkv.weight.zero_()
+    block.attn.to_out.weight.zero_()
+
+
+def _silu_inverse(y: torch.Tensor) -> torch.Tensor:
+    """The `z >= -1.28` with `silu(z) = y` (y >= -0.278), by Newton's method in float64."""
+    z = torch.where(y > 1, y, torch.full_like(y, 1.0))
+    for _ in range(60):
+        s = torch.sigmoid(z)
+        z = z - (z * s - y) / (s * (1 + z * (1 - s)))
+    return z
+
+
+def _set_ramp_block(ff: nn.Module, units: int, source: int, one: int, knots, width, falling: bool, outputs) -> int:
+    """
+    Writes `len(knots)` SiLU ramp units of channel `source` (`silu((knot - x) / width)` falling or `silu((x - knot) /
+    width)` rising; value: the constant channel `one`) starting at unit `units`, and for each `(channel, weights,
+    constant)` of `outputs` the weighted sum of the ramps plus the constant into `channel`. Returns the next free unit.
+    """
+    inner = ff.proj_out.in_features
+    value, gate = ff.proj_in.weight[:inner], ff.proj_in.weight[inner:]
+    for m, knot in enumerate(knots.tolist()):
+        unit = units + m
+        w = width[m].item() if torch.is_tensor(width) and width.ndim else float(width)
+        gate[unit, source] = (-1.0 if falling else 1.0) / w
+        ff.proj_in.bias[inner + unit] = (knot if falling else -knot) / w
+        value[unit, one] = 1.0
+        for channel, weights, _ in outputs:
+            ff.proj_out.weight[channel, unit] = weights[m].item()
+    for channel, _, constant in outputs:
+        ff.proj_out.bias[channel] += float(constant)
+    return units + len(knots)
+
+
+class LevelCurve:
+    r"""
+    The spectral SAME's map between a level `lambda` (natural log of an RMS-like level) and its latent value: linear,
+    `(lambda - mean) / slope`, from `corner` up, and compressed below it, `l_c - k log(1 + (corner - lambda) / tau)`
+    (`l_c = (corner - mean) / slope`, `k = tau / slope`: the slope is continuous), with `tau` such that the silence
+    level `log floor` lands `silence_depth` latent units under `l_c`. So the sounding levels get a fine resolution
+    (`slope` nats a unit) and silence stays a few units away. `to_level` inverts it (and never goes under
+    `log floor - 1`).
+    """
+
+    def __init__(self, mean: float, corner: float, slope: float, floor: float, silence_depth: float = 2.5):
+        if not slope > 0 or not corner > math.log(floor) or not silence_depth > 0:
+            raise ValueError(
+                f"LevelCurve needs slope > 0, corner > log(floor) and silence_depth > 0, got slope={slope}, "
+                f"corner={corner}, floor={floor}, silence_depth={silence_depth}."
+            )
+        self.mean, self.corner, self.slope, self.floor = mean, corner, slope, floor
+        self.corner_latent = (corner - mean) / slope
+        depth = corner - math.log(floor)
+        low, high = 1e-6, 1e3  # tau / slope * log(1 + depth / tau) grows with tau
+        for _ in range(200):
+            tau = math.sqrt(low * high)
+            if tau / slope * math.log1p(depth / tau) > silence_depth:
+                high = tau
+            else:
+                low = tau
+        self.tau = tau
+        self.k = tau / slope
+        self.silence_latent = self.to_latent(torch.tensor(math.log(floor), dtype=torch.float64)).item()
+
+    def to_latent(self, level: torch.Tensor) -> torch.Tensor:
+        linear = (level - self.mean) / self.slope
+        below = self.corner_latent - self.k * torch.log1p((self.corner - level).clamp(min=0) / self.tau)
+        return torch.where(level >= self.corner, linear, below)
+
+    def to_level(self, latent: torch.Tensor) -> torch.Tensor:
+        linear = self.mean + self.slope * latent
+        below = self.corner - self.tau * torch.expm1((self.corner_latent - latent).clamp(min=0) / self.k)
+        return torch.where(latent >= self.corner_latent, linear, below).clamp(min=math.log(self.floor) - 1.0)
+
+
+@torch.no_grad()
+def spectral_initialise_same(
+    model: SAMEAutoencoderModel,
+    clips: Iterable,
+    bins: Optional[Sequence[int]] = None,
+    num_level_projections: int = 16,
+    num_noise_projections: int = 16,
+    num_noise_patterns: int = 16,
+    noise_band_hz=(6500.0, 16000.0),
+    noise_suppression: float = 100.0,
+    shape_scale: float = 1.0,
+    floor: float = 1e-5,
+    level_slope: float = 0.5,
+    gain_copies: int = 8,
+    num_units: int = 64,
+    max_frames: int = 20000,
+    seed: int = 0,
+) -> Dict:
+    r"""
+    Data-dependent initialisation of a one-patch-per-latent tiny SAME (4096-sample patches) as a spectral gain-shape
+    coder with a noise generator, written into the official architecture: steady sounds whose partials are multiples
+    of `sample_rate / 4096` (the synthetic set with `tuning="grid"`) code as latents that are the same in every frame,
+    and noise is generated by the decoder from its new-token noise rather than coded.
+
+    Per 4096-sample frame `x_L, x_R` (reference units; the model computes the same up to its fitted functions):
+
+    - shape (`len(bins)` latents): `shape_scale * m / sqrt(E + noise_suppression * N + floor^2)`, with `m = B (x_L +
+      x_R)` the coefficients of the `bins` as orthonormal sines over the frame, `E` the mean square of
+      `num_level_projections` fixed random unit projections `U m` (a level of the tonal part) and `N` that of
+      `num_noise_projections` random unit projections of `x_L + x_R` onto the cosines of `noise_band_hz` (0 for the
+      set's zero-phase tones, chords and chirps): the shape has about the same size in every tonal frame and is near 0
+      in noise;
+    - levels (4 x `gain_copies` latents): `log g_L`, `log g_R` (`g^2 = mean square of U B x_c + floor^2`) and `log n_L`,
+      `log n_R` (the noise projections of each channel), each through a [`LevelCurve`] (`level_slope` nats a unit
+      over the sounding levels of `clips`, silence 2.5 units under them) and repeated `gain_copies` times: the decoder
+      averages the copies, and the flow loss weighs the levels more;
+    - decode: `L = g_L B^T shape / shape_scale + n_L W^T eps / sqrt(P)`, `R` alike, with `eps` the decoder's
+      new-token noise in `num_noise_patterns` (P) channels and `W` fixed orthogonal white patterns.
+
+    Encoder (3 blocks): the input projection computes `m` and the projections; block 1 copies each patch into its new
+    token ([`_copy_previous_token_block`]) and squares (`z silu(z) + (-z) silu(-z) = z^2`); block 2 fits
+    `silu^-1(shape_scale / sqrt(...))` and the level latents with `num_units` SiLU ramps per input (least squares on a
+    log grid); block 3 multiplies (`m silu(silu^-1(.))`). Decoder (2 blocks, the second `sin(pi x)`-gated: official
+    `decoder_sinusoidal_blocks`): block 1 copies each latent into its new token and fits gates
+    `arcsin(kappa g / 1.25) / pi` of the levels; block 2 multiplies shape and noise by the levels with
+    `value * sin(pi * gate)` units; the output convolution synthesises the sines and the noise patterns.
+
+    Args:
+        model ([`SAMEAutoencoderModel`]): from [`build_spectral_same`] (stereo, chunked attention, 4096-sample
+            patches, stride 1, 3 + 2 layers, `decoder_sinusoidal_blocks=2`, kernel 1, `latent_channels = len(bins) +
+            4 * gain_copies`, width and feed-forward large enough: the error says how large); modified in place.
+        clips (iterable of `(2, samples)` arrays or tensors): training audio at 44.1 kHz (the level statistics and the
+            input ranges).
+        bins (`Sequence[int]`, *optional*): sine bins in multiples of `sample_rate / 4096`; default
+            [`synthetic_grid_bins`].
+        num_level_projections, num_noise_projections, num_noise_patterns (`int`, defaults to 16): see above.
+        noise_band_hz (`tuple`, defaults to `(6500, 16000)`): band of the noise projections.
+        noise_suppression (`float`, defaults to 100): weight of the noise level in the shape's divisor.
+        shape_scale (`float`, defaults to 1): size of the shape (a tonal frame's shape has an L2 norm of about
+            `shape_scale * sqrt(len(bins))`; the DiT keeps a tone's partials cleaner relative to its errors elsewhere
+            when they are large).
+        floor (`float`, defaults to 1e-5): level of silence (reference units: about -100 dBFS).
+        level_slope (`float`, defaults to 0.5): nats per latent unit over the sounding levels.
+        gain_copies (`int`, defaults to 8): copies of each level latent.
+        num_units (`int`, defaults to 64): SiLU ramps per fitted input.
+        max_frames (`int`, defaults to 20000): frames of `clips` used (seeded draw).
+        seed (`int`, defaults to 0): seed of the projections, the noise patterns and the draw.
+
+    Returns:
+        `dict` with what a reference implementation needs: `bins`, `level_directions` `(projections, 4096)` (`U B`),
+        `noise_directions`, `noise_patterns` `(P, 4096)` (float64 tensors), `curve` (the [`LevelCurve`]), `floor`,
+        `noise_suppression`, `shape_scale`, `gain_copies`; and `input_scale`, `frames` and `fit_error` (largest relative
+        error of the encoder's fitted `1 / sqrt(.)` and of the decoder's levels over their ranges).
+    """
+    config = model.config
+    frame = config.patch_size
+    width, head_dim = config.num_attention_heads * config.attention_head_dim, config.attention_head_dim
+    inner = int(width * config.mlp_ratio)
+    bins = torch.tensor(synthetic_grid_bins() if bins is None else list(bins), dtype=torch.long)
+    S, m_g, m_n, m_p = len(bins), num_level_projections, num_noise_projections, num_noise_patterns
+    enc_channels, dec_channels, units = _spectral_sizes(S, m_g, m_n, m_p, num_units)
+    decoder_blocks = model.decoder.resampler.transformer_blocks
+    if (
+        config.resampling_stride != 1
+        or config.sliding_window is not None
+        or config.audio_channels != 2
+        or frame != SPECTRAL_FRAME
+        or config.num_encoder_layers != 3
+        or config.num_decoder_layers != 2
+        or decoder_blocks[0].ff.sinusoidal
+        or not decoder_blocks[1].ff.sinusoidal
+        or config.decoder_kernel_size != 1
+    ):
+        raise ValueError(
+            "`model` must be a stereo chunked-attention SAME with `resampling_stride=1`, `patch_size=4096`, 3 encoder "
+            "and 2 decoder layers, `decoder_sinusoidal_blocks=2` and `decoder_kernel_size=1`; build it with "
+            "`build_spectral_same`."
+        )
+    latents = S + 4 * gain_copies
+    if latents != config.latent_channels or max(enc_channels, dec_channels) > width or inner < units:
+        raise ValueError(
+            f"`model` needs `latent_channels` {latents} (len(bins) {S} + 4 x gain_copies {gain_copies}), a width of "
+            f"at least {max(enc_channels, dec_channels)} and a feed-forward of at least {units} units; got "
+            f"latent_channels={config.latent_channels}, width {width}, feed-forward {inner}. Build it with "
+            "`build_spectral_same`."
+        )
+    if bins.min() < 1 or bins.max() >= frame // 2 or len(set(bins.tolist())) != S:
+        raise ValueError(f"`bins` must be distinct integers in [1, {frame // 2 - 1}], got {bins.tolist()}.")
+    if not (floor > 0 and shape_scale > 0 and noise_suppression >= 0 and level_slope > 0) or gain_copies < 1:
+        raise ValueError(
+            "`floor`, `shape_scale` and `level_slope` must be positive, `noise_suppression` non-negative and "
+            f"`gain_copies` at least 1; got floor={floor}, shape_scale={shape_scale}, level_slope={level_slope}, "
+            f"noise_suppression={noise_suppression}, gain_copies={gain_copies}."
+        )
+    if num_units < 8 or min(m_g, m_n, m_p) < 1:
+        raise ValueError(
+            f"`num_units` must be at least 8 and the projection counts at least 1, got {num_units} and {m_g} / {m_n} / "
+            f"{m_p}."
+        )
+    rate = config.sampling_rate
+    low, high = math.ceil(noise_band_hz[0] * frame / rate), math.floor(noise_band_hz[1] * frame / rate)
+    if not 0 < low <= high < frame // 2:
+        raise ValueError(f"`noise_band_hz` must be an increasing band below {rate / 2} Hz, got {noise_band_hz}.")
+
+    # ---------------------------------------------------------------- the coder (float64) and its statistics
+    n = torch.arange(frame, dtype=torch.float64)
+    basis = math.sqrt(2 / frame) * torch.sin(2 * math.pi * bins[:, None].double() * n / frame)  # (S, frame)
+    generator = torch.Generator().manual_seed(seed)
+    mixing = torch.randn(m_g, S, generator=generator, dtype=torch.float64)
+    level_directions = (mixing / mixing.norm(dim=1, keepdim=True)) @ basis
+    cosines = math.sqrt(2 / frame) * torch.cos(
+        2 * math.pi * torch.arange(low, high + 1, dtype=torch.float64)[:, None] * n / frame
+    )
+    mixing = torch.randn(m_n, len(cosines), generator=generator, dtype=torch.float64)
+    noise_directions = (mixing / mixing.norm(dim=1, keepdim=True)) @ cosines
+    noise_patterns = torch.linalg.qr(torch.randn(frame, m_p, generator=generator, dtype=torch.float64))[0].T
+    noise_patterns = noise_patterns * math.sqrt(frame)  # orthogonal rows of mean square 1
+
+    frames = []
+    for clip in clips:
+        audio = torch.as_tensor(clip, dtype=torch.float32)
+        if audio.ndim != 2 or audio.shape[0] != 2:
+            raise ValueError(f"`clips` must hold `(2, samples)` stereo arrays, got shape {tuple(audio.shape)}.")
+        usable = audio.shape[-1] // frame * frame
+        frames.append(audio[:, :usable].reshape(2, -1, frame).transpose(0, 1))
+    frames = torch.cat(frames) if frames else torch.zeros(0, 2, frame)
+    frames = frames[frames.abs().amax(dim=(1, 2)) > 1e-4]
+    if len(frames) < 8:
+        raise ValueError(f"`clips` hold {len(frames)} non-silent {frame}-sample frames; at least 8 are needed.")
+    if len(frames) > max_frames:
+        frames = frames[torch.randperm(len(frames), generator=torch.Generator().manual_seed(seed))[:max_frames]]
+    frames = frames.double()
+    eps = floor**2
+    p_left, p_right = frames[:, 0] @ level_directions.T, frames[:, 1] @ level_directions.T
+    n_left, n_right = frames[:, 0] @ noise_directions.T, frames[:, 1] @ noise_directions.T
+    divisor = (p_left + p_right).pow(2).mean(1) + noise_suppression * (n_left + n_right).pow(2).mean(1)
+    levels = torch.cat([p_left.pow(2).mean(1), p_right.pow(2).mean(1)])
+    noise_levels = torch.cat([n_left.pow(2).mean(1), n_right.pow(2).mean(1)])
+    sounding = 0.5 * torch.log(levels[levels > 100 * eps])
+    mean = sounding.median().item()
+    curve = LevelCurve(mean, mean - 2.0, level_slope, floor)
+    mid = (frames[:, 0] + frames[:, 1]) @ basis.T
+    shape_max = (shape_scale * mid / (divisor + eps).sqrt()[:, None]).abs().max().item()
+    level_max = 0.5 * math.log(max(levels.max().item(), noise_levels.max().item()))
+
+    # ---------------------------------------------------------------- encoder
+    # Channel units: the reference ones over input_scale (the loudest frame's divisor is 1).
+    input_scale = divisor.max().sqrt().item()
+    eps_ch = eps / input_scale**2
+    e_max = 4.0 * max(divisor.max().item(), levels.max().item(), noise_levels.max().item()) / input_scale**2
+    one, flag = width - 1, 0
+    c_mid = 1 + torch.arange(S)
+    c_pl = 1 + S + torch.arange(m_g)
+    c_pr = c_pl + m_g
+    c_nl = 1 + S + 2 * m_g + torch.arange(m_n)
+    c_nr = c_nl + m_n
+    c_energy = 1 + S + 2 * m_g + 2 * m_n + torch.arange(5)  # divisor, E_L, E_R, N_L, N_R
+    c_inverse = c_energy[-1] + 1  # silu^-1(shape_scale / sqrt(divisor + eps))
+    c_logs = c_inverse + 1 + torch.arange(4)  # level latents of g_L, g_R, n_L, n_R
+    analysis = torch.zeros(width, 2 * frame, 1)
+    analysis[c_mid, :frame, 0] = basis.float()
+    analysis[c_mid, frame:, 0] = basis.float()
+    analysis[c_pl, :frame, 0] = level_directions.float()
+    analysis[c_pr, frame:, 0] = level_directions.float()
+    analysis[c_nl, :frame, 0] = noise_directions.float()
+    analysis[c_nr, frame:, 0] = noise_directions.float()
+    _set_weight_norm_conv(model.encoder.conv_in, analysis, normalise=True)
+    model.encoder.conv_in.weight_g.div_(input_scale)
+    encoder = model.encoder.resampler
+    encoder.new_tokens.zero_()
+    encoder.new_tokens[..., flag] = 1.0
+    largest_in = max((mid / input_scale).abs().max().item(), 4.0 * math.sqrt(e_max * max(m_g, m_n)), 1.0)
+    squares, functions, products = encoder.transformer_blocks
+    _copy_previous_token_block(squares, width, head_dim, largest_in)
+    for block in (functions, products):
+        _zero_attention(block)
+
+    # Block 1: mean squares of the projections, two units a square.
+    _linear_norm(squares.norm2, 1e-3 / largest_in, torch.cat([c_pl, c_pr, c_nl, c_nr]), one)
+    _zero_feed_forward(squares)
+    ff = squares.ff
+    value, gate = ff.proj_in.weight[:inner], ff.proj_in.weight[inner:]
+    terms = [(c_energy[0], [(c_pl[i], c_pr[i]) for i in range(m_g)], 1.0 / m_g)]
+    terms += [(c_energy[0], [(c_nl[i], c_nr[i]) for i in range(m_n)], noise_suppression / m_n)]
+    terms += [(c_energy[1], [(c,) for c in c_pl], 1.0 / m_g), (c_energy[2], [(c,) for c in c_pr], 1.0 / m_g)]
+    terms += [(c_energy[3], [(c,) for c in c_nl], 1.0 / m_n), (c_energy[4], [(c,) for c in c_nr], 1.0 / m_n)]
+    unit = 0
+    for target, sums, weight in terms:
+        for channels in sums:
+            for sign in (1.0, -1.0):
+                for channel in channels:
+                    value[unit, channel] = sign
+                    gate[unit, channel] = sign
+                ff.proj_out.weight[target, unit] = weight
+                unit += 1
+
+    # Block 2: functions of the mean squares, falling ramps on a log grid.
+    knots = torch.logspace(math.log10(eps_ch / 100), math.log10(e_max), num_units, dtype=torch.float64)
+    widths = _half_exact_widths(knots * (knots[1] / knots[0] - 1.0))
+    grid = torch.cat(
+        [
+            torch.zeros(1, dtype=torch.float64),
+            torch.logspace(math.log10(eps_ch / 1e4), math.log10(e_max), 4000, dtype=torch.float64),
+        ]
+    )
+    ramps = _silu_ramps(grid, knots, widths, falling=True)
+    inverse_target = shape_scale * (grid + eps_ch).rsqrt()
+    gate_target = _silu_inverse(inverse_target)
+    inverse_weights, inverse_const = _fit_ramps(ramps, gate_target, 1.0 / gate_target)
+    latent_target = curve.to_latent(0.5 * torch.log(grid + eps_ch) + math.log(input_scale))
+    latent_weights, latent_const = _fit_ramps(ramps, latent_target, torch.ones_like(latent_target))
+    inverse_fit = torch.nn.functional.silu(ramps @ inverse_weights + inverse_const)
+    _linear_norm(functions.norm2, 1e-3 / e_max, c_energy, one)
+    _zero_feed_forward(functions)
+    unit = _set_ramp_block(
+        functions.ff,
+        0,
+        c_energy[0].item(),
+        one,
+        knots,
+        widths,
+        True,
+        [(c_inverse.item(), inverse_weights, inverse_const)],
+    )
+    for i in range(4):
+        unit = _set_ramp_block(
+            functions.ff,
+            unit,
+            c_energy[1 + i].item(),
+            one,
+            knots,
+            widths,
+            True,
+            [(c_logs[i].item(), latent_weights, latent_const)],
+        )
+
+    # Block 3: shape = m silu(silu^-1(.)) written over m; a second unit removes m.
+    _linear_norm(
+        products.norm2, 1e-3 / max(largest_in, gate_target.max().item()), torch.cat([c_mid, c_inverse.view(1)]), one
+    )
+    _zero_feed_forward(products)
+    ff = products.ff
+    value, gate = ff.proj_in.weight[:inner], ff.proj_in.weight[inner:]
+    for k, channel in enumerate(c_mid.tolist()):
+        value[2 * k, channel] = 1.0
+        gate[2 * k, c_inverse] = 1.0
+        ff.proj_out.weight[channel, 2 * k] = 1.0
+        value[2 * k + 1, channel] = 1.0
+        gate[2 * k + 1, one] = 32.0  # silu(32) is 32 in float32
+        ff.proj_out.weight[channel, 2 * k + 1] = -1.0 / 32.0
+    model.encoder.proj_out.weight.zero_()
+    model.encoder.proj_out.bias.zero_()
+    model.encoder.proj_out.weight[torch.arange(S), c_mid] = 1.0
+    for i in range(4):
+        model.encoder.proj_out.weight[S + i * gain_copies + torch.arange(gain_copies), c_logs[i]] = 1.0
+    model.bottleneck.scale.fill_(1.0)
+    model.bottleneck.bias.zero_()
+    model.bottleneck.running_std.fill_(1.0)
+
+    # ---------------------------------------------------------------- decoder
+    # Tokens at a and gates at gate_scale, so that the new-token noise (0.01) stays small next to both (-120 dB for
+    # the tonal channels); powers of two, so that the weights that carry them are exact in float16.
+    a, gate_scale, amplitude = 8192.0, 128.0, 1.25
+    d_shape = 1 + torch.arange(S)
+    d_right = 1 + S + torch.arange(S)
+    d_noise = 1 + 2 * S + torch.arange(m_p)
+    d_noise_right = d_noise + m_p
+    d_logs = 1 + 2 * S + 2 * m_p + torch.arange(4)
+    d_gates = d_logs[-1] + 1 + torch.arange(4)  # gains g_L, g_R, n_L, n_R
+    decoder = model.decoder
+    decoder.proj_in.weight.zero_()
+    decoder.proj_in.bias.zero_()
+    decoder.proj_in.weight[d_shape, torch.arange(S)] = a
+    for i in range(4):
+        decoder.proj_in.weight[d_logs[i], S + i * gain_copies + torch.arange(gain_copies)] = a / gain_copies
+    resampler = decoder.resampler
+    resampler.new_tokens.zero_()
+    resampler.new_tokens[..., flag] = 1.0
+    lo = curve.silence_latent - 0.5
+    hi = curve.to_latent(torch.tensor(level_max + 1.0, dtype=torch.float64)).item()
+    latent_max = max(shape_max, abs(lo), abs(hi), 1.0)
+    copy, gains = resampler.transformer_blocks
+    _copy_previous_token_block(copy, width, head_dim, 2 * a * latent_max, torch.cat([d_shape, d_logs]))
+    # Block 1: gates arcsin(kappa g / amplitude) / pi (x gate_scale) of the levels, rising ramps on a uniform grid of
+    # the latent (clamped to [lo, hi]), fitted with relative weights; one unit each removes the gate channels' own
+    # new-token noise, which would move a silent level's gate by far more than its value.
+    # Knots evenly spaced in the level (not the latent), so that the compressed part below the corner gets as many.
+    knots = curve.to_latent(
+        torch.linspace(
+            curve.to_level(torch.tensor(lo)).item(),
+            curve.to_level(torch.tensor(hi)).item(),
+            num_units,
+            dtype=torch.float64,
+        )
+    )
+    steps = torch.diff(knots)
+    steps = _half_exact_widths(torch.cat([steps[:1], 0.5 * (steps[1:] + steps[:-1]), steps[-1:]]), a)
+    grid = torch.cat(
+        [
+            torch.linspace(lo - 2.0, lo, 200, dtype=torch.float64)[:-1],
+            knots,
+            torch.linspace(hi, hi + 2.0, 200, dtype=torch.float64)[1:],
+        ]
+    )
+    grid = torch.cat([grid, 0.5 * (knots[1:] + knots[:-1])]).sort().values
+    level = torch.exp(curve.to_level(grid.clamp(lo, hi)))
+    kappa = 1.0 / level.max().item()
+    ramps = _silu_ramps(grid, knots, steps, falling=False)
+    # The tonal products are `shape x kappa g` at scale a; the noise ones `eps x kappa n` at scale noise_scale from the
+    # 0.01 new-token noise (value weight noise_value), so that the synthesis rows mix weights of similar sizes.
+    noise_scale, noise_value = 128.0, 16384.0
+    sines = {
+        "tonal": kappa * level / amplitude,
+        "noise": noise_scale * kappa * level / (config.decoder_mask_noise * noise_value),
+    }
+    fits, decoded_level = {}, {}
+    for kind, sine in sines.items():
+        target = gate_scale * torch.asin(sine) / math.pi
+        fits[kind] = _fit_ramps(ramps, target, 1.0 / target)
+        decoded_level[kind] = torch.sin(math.pi * (ramps @ fits[kind][0] + fits[kind][1]) / gate_scale) * level / sine
+    _linear_norm(copy.norm2, 1e-3 / (a * latent_max), torch.cat([d_logs, d_gates]), one)
+    _zero_feed_forward(copy)
+    unit = 0
+    for i in range(4):  # the ramps read the level channels at scale a
+        gate_weights, gate_const = fits["tonal" if i < 2 else "noise"]
+        unit = _set_ramp_block(
+            copy.ff,
+            unit,
+            d_logs[i].item(),
+            one,
+            a * knots,
+            a * steps,
+            False,
+            [(d_gates[i].item(), gate_weights, gate_const)],
+        )
+    value, gate = copy.ff.proj_in.weight[:inner], copy.ff.proj_in.weight[inner:]
+    for channel in d_gates.tolist():
+        value[unit, channel] = 1.0
+        gate[unit, one] = 32.0
+        copy.ff.proj_out.weight[channel, unit] = -1.0 / 32.0
+        unit += 1
+    # Block 2 (sin): products value * sin(pi * gate). The left products overwrite their sources (a second unit
+    # removes the source exactly), the right ones have channels of their own (the noise ones' own new-token noise is
+    # removed too; the tonal ones keep theirs, 0.01 / a: -120 dB under the loudest level).
+    _linear_norm(gains.norm2, 1e-3 / (2 * a * latent_max), torch.cat([d_shape, d_noise, d_noise_right, d_gates]), one)
+    _zero_feed_forward(gains)
+    _zero_attention(gains)
+    value, gate = gains.ff.proj_in.weight[:inner], gains.ff.proj_in.weight[inner:]
+    unit = 0
+    for sources, targets, gate_channel, removed, weight in (
+        (d_shape, d_shape, d_gates[0], d_shape, amplitude),
+        (d_shape, d_right, d_gates[1], None, amplitude),
+        (d_noise, d_noise, d_gates[2], d_noise, noise_value),
+        (d_noise, d_noise_right, d_gates[3], d_noise_right, noise_value),
+    ):
+        for source, target in zip(sources.tolist(), targets.tolist()):
+            value[unit, source] = weight
+            gate[unit, gate_channel] = 1.0 / gate_scale
+            gains.ff.proj_out.weight[target, unit] = 1.0
+            unit += 1
+        for channel in [] if removed is None else removed.tolist():
+            value[unit, channel] = 1.0
+            gate[unit, one] = 0.5  # sin(pi / 2) = 1
+            gains.ff.proj_out.weight[channel, unit] = -1.0
+            unit += 1
+    synthesis = torch.zeros(2 * frame, width, 1)
+    tonal = basis.float().T / (a * kappa * shape_scale)
+    noise = noise_patterns.float().T / (noise_scale * kappa * math.sqrt(m_p))
+    synthesis[:frame, d_shape, 0] = tonal
+    synthesis[frame:, d_right, 0] = tonal
+    synthesis[:frame, d_noise, 0] = noise
+    synthesis[frame:, d_noise_right, 0] = noise
+    _set_weight_norm_conv(decoder.conv_out, synthesis, normalise=True)
+
+    inverse_error = (inverse_fit / inverse_target - 1).abs().max().item()
+    level_error = max((decoded / level - 1).abs().max().item() for decoded in decoded_level.values())
+    return {
+        "bins": bins.tolist(),
+        "level_directions": level_directions,
+        "noise_directions": noise_directions,
+        "noise_patterns": noise_patterns,
+        "curve": curve,
+        "floor": floor,
+        "noise_suppression": noise_suppression,
+        "shape_scale": shape_scale,
+        "gain_copies": gain_copies,
+        "input_scale": input_scale,
+        "frames": len(frames),
+        "fit_error": max(inverse_error, level_error),
+    }
+
+
+def _spectral_sizes(S: int, m_g: int, m_n: int, m_p: int, num_units: int):
+    """`(encoder channels, decoder channels, feed-forward units)` the spectral construction needs."""
+    encoder_channels = 1 + S + 2 * m_g + 2 * m_n + 5 + 1 + 4 + 1
+    decoder_channels = 1 + 2 * S + 2 * m_p + 4 + 4 + 1
+    units = max(2 * (3 * m_g + 3 * m_n), 5 * num_units, 2 * S, 4 * num_units + 4, 3 * S + 4 * m_p)
+    return encoder_channels, decoder_channels, units
+
+
+def build_spectral_same(
+    clips: Iterable,
+    bins: Optional[Sequence[int]] = None,
+    attention_head_dim: int = 32,
+    num_level_projections: int = 16,
+    num_noise_projections: int = 16,
+    num_noise_patterns: int = 16,
+    gain_copies: int = 8,
+    num_units: int = 64,
+    seed: int = 0,
+    **kwargs,
+):
+    """
+    The smallest model [`spectral_initialise_same`] fits (the width a multiple of `attention_head_dim`, the
+    feed-forward ratio just large enough), initialised with it on `clips`; returns `(model, info)`. `kwargs` go to
+    [`spectral_initialise_same`].
+    """
+    bins = synthetic_grid_bins() if bins is None else list(bins)
+    enc, dec, units = _spectral_sizes(
+        len(bins), num_level_projections, num_noise_projections, num_noise_patterns, num_units
+    )
+    heads = math.ceil(max(enc, dec) / attention_head_dim)
+    width = heads * attention_head_dim
+    mlp_ratio = (math.ceil(1000 * units / width) + 1) / 1000
+    model = build_tiny_same(
+        latent_channels=len(bins) + 4 * gain_copies,
+        num_attention_heads=heads,
+        attention_head_dim=attention_head_dim,
+        num_layers=3,
+        num_decoder_layers=2,
+        seed=seed,
+        patch_size=SPECTRAL_FRAME,
+        resampling_stride=1,
+        decoder_kernel_size=1,
+        mlp_ratio=mlp_ratio,
+        decoder_sinusoidal_blocks=2,
+    )
+    info = spectral_initialise_same(
+        model,
+        clips,
+        bins,
+        num_level_projections,
+        num_noise_projections,
+        num_noise_patterns,
+        gain_copies=gain_copies,
+        num_units=num_units,
+        seed=seed,
+        **kwargs,
+    )
+    return model, info
+
+
 def build_tiny_transformer(
     in_channels: int = 32,
     cross_attention_dim: int = 64,
@@ -842,7 +1445,7 @@ def assemble_pipeline(
 def build_initial_pipeline(
     train_data_dir: str,
     text_width: int = 64,
-    latent_channels: int = 32,
+    latent_channels: Optional[int] = None,
     same_heads: int = 2,
     same_layers: int = 2,
     same_decoder_layers: Optional[int] = None,
@@ -858,17 +1461,45 @@ def build_initial_pipeline(
     """
     The untrained tiny base pipeline: tokenizer over the caption words of `train_data_dir`, tiny models. `same_init`:
     `"random"` ([`build_tiny_same`]'s initialisation), `"pca"` ([`pca_initialise_same`] on the audio of
-    `train_data_dir`; needs `same_resampling_stride=1`) or `"gain_shape"` ([`gain_shape_initialise_same`]; needs
-    `same_resampling_stride=1`, `same_layers >= 3` and `same_decoder_layers >= 2`). `same_decoder_layers` defaults to
-    `same_layers`.
+    `train_data_dir`; needs `same_resampling_stride=1`), `"gain_shape"` ([`gain_shape_initialise_same`]; needs
+    `same_resampling_stride=1`, `same_layers >= 3` and `same_decoder_layers >= 2`) or `"spectral"`
+    ([`build_spectral_same`] on the audio of `train_data_dir`: its geometry and `latent_channels` follow from the
+    construction, so the `same_*` sizes and `latent_channels` must be left unset). `latent_channels` defaults to 32
+    for the others; `same_decoder_layers` defaults to `same_layers`.
     """
     from .synthetic_sounds import caption_vocabulary
 
     if same_init not in SAME_INITS:
         raise ValueError(f"`same_init` must be one of {SAME_INITS}, got {same_init!r}.")
+    geometry = {
+        "latent_channels": (latent_channels, None),
+        "same_heads": (same_heads, 2),
+        "same_layers": (same_layers, 2),
+        "same_decoder_layers": (same_decoder_layers, None),
+        "same_patch_size": (same_patch_size, 256),
+        "same_resampling_stride": (same_resampling_stride, 16),
+        "same_decoder_kernel_size": (same_decoder_kernel_size, 3),
+    }
+    if same_init == "spectral":
+        changed = sorted(name for name, (given, default) in geometry.items() if given != default)
+        if changed:
+            raise ValueError(
+                f"`same_init='spectral'` builds its own SAME geometry and latent width (build_spectral_same); leave "
+                f"{', '.join(changed)} unset."
+            )
 
     tokenizer = build_word_tokenizer(caption_vocabulary(train_data_dir))
     text_encoder = build_tiny_text_encoder(len(tokenizer), hidden_size=text_width, seed=seed)
+    if same_init == "spectral":
+        from .audio_data import find_audio_files, load_audio
+
+        clips = (load_audio(path, sample_rate=44100) for path in find_audio_files(train_data_dir))
+        vae, _ = build_spectral_same(clips, seed=seed)
+        transformer = build_tiny_transformer(
+            vae.config.latent_channels, text_width, num_layers=dit_layers, num_attention_heads=dit_heads, seed=seed
+        )
+        return assemble_pipeline(vae, transformer, text_encoder, tokenizer, max_text_length=max_text_length)
+    latent_channels = 32 if latent_channels is None else latent_channels
     vae = build_tiny_same(
         latent_channels,
         num_attention_heads=same_heads,
@@ -892,26 +1523,42 @@ def build_initial_pipeline(
     return assemble_pipeline(vae, transformer, text_encoder, tokenizer, max_text_length=max_text_length)
 
 
-def store_transformer_half(pipeline_dir: str) -> str:
+def store_weights_half(
+    pipeline_dir: str, subfolder: str = "transformer", lossy: Optional[Sequence[str]] = None
+) -> str:
     """
-    Rewrites `pipeline_dir/transformer/diffusion_pytorch_model.safetensors` with float16 weights (half the bytes: the
-    shipped tiny model's size budget) and returns its path. `from_pretrained` loads them back as float32 unless a
-    `torch_dtype` is given. The new file is written next to the old one and then moved over it, so a failure leaves
-    the old file whole; weights that do not fit float16 (beyond 65504) are an error.
+    Rewrites `pipeline_dir/<subfolder>/diffusion_pytorch_model.safetensors` with float16 weights (the shipped tiny
+    model's size budget) and returns its path. `from_pretrained` loads them back as float32 unless a `torch_dtype`
+    is given. `lossy=None`: every floating tensor is rounded to float16. Otherwise only the tensors named in `lossy`
+    are rounded; the others are stored in float16 only where that is exact (zeros, +-1, powers of two...) and keep
+    float32 elsewhere (a constructed SAME's fitted functions need their precision). The new file is written next to
+    the old one and then moved over it, so a failure leaves the old file whole; weights that do not fit float16
+    (beyond 65504) are an error.
     """
     import os
     import tempfile
 
     from safetensors.torch import load_file, save_file
 
-    path = os.path.join(pipeline_dir, "transformer", "diffusion_pytorch_model.safetensors")
+    path = os.path.join(pipeline_dir, subfolder, "diffusion_pytorch_model.safetensors")
     if not os.path.isfile(path):
-        raise ValueError(f"`pipeline_dir` {pipeline_dir!r} has no transformer/diffusion_pytorch_model.safetensors.")
+        raise ValueError(f"`pipeline_dir` {pipeline_dir!r} has no {subfolder}/diffusion_pytorch_model.safetensors.")
     state = load_file(path)
+    missing = sorted(set(lossy or ()) - set(state))
+    if missing:
+        raise ValueError(f"{path} has no tensors {missing} (named in `lossy`).")
+    half = {}
     for name, tensor in state.items():
-        if tensor.is_floating_point() and tensor.abs().max() > torch.finfo(torch.float16).max:
-            raise ValueError(f"{path}: {name} does not fit float16 (max |x| {tensor.abs().max().item():.3g}).")
-    half = {name: t.half() if t.is_floating_point() else t for name, t in state.items()}
+        if not tensor.is_floating_point():
+            half[name] = tensor
+            continue
+        rounded = tensor.half()
+        if lossy is None or name in lossy:
+            if tensor.abs().max() > torch.finfo(torch.float16).max:
+                raise ValueError(f"{path}: {name} does not fit float16 (max |x| {tensor.abs().max().item():.3g}).")
+            half[name] = rounded
+        else:
+            half[name] = rounded if torch.equal(rounded.to(tensor.dtype), tensor) else tensor
     fd, tmp = tempfile.mkstemp(suffix=".safetensors", dir=os.path.dirname(path))
     os.close(fd)
     try:
@@ -922,6 +1569,17 @@ def store_transformer_half(pipeline_dir: str) -> str:
         if os.path.exists(tmp):
             os.remove(tmp)
     return path
+
+
+def store_transformer_half(pipeline_dir: str) -> str:
+    """[`store_weights_half`] of the transformer, every weight in float16."""
+    return store_weights_half(pipeline_dir, "transformer")
+
+
+# The spectral SAME's analysis and synthesis matrices (sines, projections and noise patterns; 60 % of its weights),
+# rounded to float16 by `half-vae`: 1e-3 relative, far under the model's other errors. Its other weights are stored
+# in float16 only where that is exact.
+SPECTRAL_LOSSY_WEIGHTS = ("encoder.conv_in.weight_v", "decoder.conv_out.weight_v")
 
 
 FROZEN_SUBFOLDERS = ("vae", "text_encoder", "tokenizer")
@@ -956,8 +1614,9 @@ def frozen_files_differ(pipeline_dir: str, reference_dir: str) -> List[str]:
 def main(input_args=None):
     """
     CLI of `make_tiny_model.sh`: `init` writes the untrained pipeline, `swap-vae` puts a trained SAME into one,
-    `half-transformer` stores a pipeline's transformer in float16, `check-frozen` checks that two pipelines share their
-    frozen components ([`frozen_files_differ`]).
+    `half-transformer` stores a pipeline's transformer in float16, `half-vae` a spectral SAME's matrices
+    ([`store_weights_half`]), `check-frozen` checks that two pipelines share their frozen components
+    ([`frozen_files_differ`]).
     """
     import argparse
 
@@ -966,7 +1625,7 @@ def main(input_args=None):
     init = commands.add_parser("init", help="Untrained pipeline from a synthetic train set's captions.")
     init.add_argument("--dit_heads", type=int, default=2)
     init.add_argument("--dit_layers", type=int, default=6)
-    init.add_argument("--latent_channels", type=int, default=32)
+    init.add_argument("--latent_channels", type=int, default=None, help="Default 32 (spectral: set by the SAME).")
     init.add_argument("--max_text_length", type=int, default=32)
     init.add_argument("--output_dir", required=True)
     init.add_argument("--same_decoder_kernel_size", type=int, default=3)
@@ -987,6 +1646,12 @@ def main(input_args=None):
         "half-transformer", help="Rewrite a pipeline's transformer weights in float16 (loaded back as float32)."
     )
     half.add_argument("--pipeline", required=True)
+    half_vae = commands.add_parser(
+        "half-vae",
+        help="Rewrite a pipeline's spectral SAME: its analysis and synthesis matrices in float16, its other weights "
+        "in float16 where that is exact (all loaded back as float32).",
+    )
+    half_vae.add_argument("--pipeline", required=True)
     check = commands.add_parser(
         "check-frozen",
         help="Exit with an error unless two pipelines have the same SAME, text encoder and tokenizer files.",
@@ -1003,6 +1668,8 @@ def main(input_args=None):
         pipe.save_pretrained(args.output_dir)
     elif args.command == "half-transformer":
         store_transformer_half(args.pipeline)
+    elif args.command == "half-vae":
+        store_weights_half(args.pipeline, "vae", SPECTRAL_LOSSY_WEIGHTS)
     else:
         differ = frozen_files_differ(args.pipeline, args.reference)
         if differ:
