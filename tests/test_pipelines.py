@@ -150,9 +150,18 @@ def test_audio_to_audio_sampling_parity():
         guidance_scale=7.0,
         latents=ref["initial_noise"],
     )
+    # Ten guided (cfg 7) steps carry the DiT's 1e-6 error to ~2e-5 in the final latents, and this random tiny decoder
+    # amplifies a latent difference about 11x (measured: decoding our final latents and the reference's differ by
+    # 2e-4 x max, decoding the reference's gives its audio to 4e-6). So the decode path is held to SAMPLING_TOL on the
+    # reference latents, and the whole run's audio to 10x that.
+    frames = ref["final_latents"].shape[-1]
+    decoded_reference = pipe.decode_latents(ref["final_latents"], [frames], [frames], [0.35], None, False, None)[0]
     errors = {
         "final_latents": assert_parity(final, ref["final_latents"], "a2a final latents", SAMPLING_TOL),
-        "audio": assert_parity(audio, ref["audio"], "a2a audio", SAMPLING_TOL),
+        "decode_of_reference_latents": assert_parity(
+            decoded_reference[None], ref["audio"], "a2a decode", SAMPLING_TOL
+        ),
+        "audio": assert_parity(audio, ref["audio"], "a2a audio", 10 * SAMPLING_TOL),
     }
     print("a2a parity", errors)
 

@@ -95,7 +95,7 @@ def test_base_model_follows_the_side(base):
         assert stereo_side(audio) == side, prompt
 
 
-def test_readme_first_command_generates_with_the_shipped_model(tmp_path, monkeypatch):
+def test_readme_first_command_generates_with_the_shipped_model(tmp_path, monkeypatch, capfd):
     """The README's first command, after its install part, run as written in an empty folder: with no model given
     (and `$DIFFUSERS_SA3_MODEL` unset) it uses the shipped tiny pipeline and writes 4 s of 44.1 kHz stereo with the
     asked side."""
@@ -106,7 +106,10 @@ def test_readme_first_command_generates_with_the_shipped_model(tmp_path, monkeyp
     monkeypatch.delenv(DEFAULT_MODEL_ENV, raising=False)
     monkeypatch.chdir(tmp_path)
     assert default_model_path() == str(SHIPPED)
+    capfd.readouterr()
     assert cli_main(command[1:] + ["--quiet"]) == 0
+    err = capfd.readouterr().err
+    assert "it/s" not in err and "Loading" not in err, f"--quiet printed progress bars: {err[-300:]}"
     output = tmp_path / command[command.index("-o") + 1]
     audio, rate = sf.read(output, dtype="float32", always_2d=True)
     assert rate == 44100 and audio.shape == (4 * 44100, 2)

@@ -212,14 +212,21 @@ def test_evaluate_cli_end_to_end(tmp_path, capsys):
     table = capsys.readouterr().out
     for title in ("type accuracy", "median pitch error", "stereo side accuracy", "duration adherence", "SNR"):
         assert title in table
-    for column in ("reference", "base_euler_1", "post_trained_1", "post_trained_8"):
+    for column in ("reference", "same_reconstruction", "base_euler_1", "post_trained_1", "post_trained_8"):
         assert column in table
 
     with open(output) as f:
         saved = json.load(f)
     assert saved["table"] == result["table"]
     assert set(saved) == {"settings", "targets", "prompts", "columns", "table"}
-    assert list(saved["columns"]) == ["reference", "base_euler_1", "post_trained_1", "post_trained_8"]
+    # The SAME's encode-decode of the ground truth comes second, scored like a model (the first model's SAME).
+    assert list(saved["columns"]) == [
+        "reference",
+        "same_reconstruction",
+        "base_euler_1",
+        "post_trained_1",
+        "post_trained_8",
+    ]
     metric_keys = {
         "type_accuracy",
         "median_pitch_error_semitones",
@@ -242,6 +249,13 @@ def test_evaluate_cli_end_to_end(tmp_path, capsys):
     reference = saved["columns"]["reference"]["metrics"]
     assert reference["type_accuracy"] == reference["side_accuracy"] == reference["duration_adherence"] == 1.0
     assert isinstance(saved["columns"]["post_trained_8"]["metrics"]["same_snr_db"], float)
+    assert saved["columns"]["same_reconstruction"]["metrics"]["same_snr_db"] == pytest.approx(
+        saved["columns"]["base_euler_1"]["metrics"]["same_snr_db"]
+    )
+    for name, column in saved["columns"].items():  # per-label type counts add up to the type accuracy
+        counts = column["type_correct_by_label"]
+        assert sum(n for _, n in counts.values()) == 2, name
+        assert sum(c for c, _ in counts.values()) / 2 == pytest.approx(column["metrics"]["type_accuracy"]), name
     heldout = synthetic_examples(20, seed=1, split="heldout", with_audio=False)
     assert [p["text"] for p in saved["prompts"]] == [e["text"] for e in heldout if e["attributes"]["duration"] <= 3][
         :2

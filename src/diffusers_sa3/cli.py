@@ -86,6 +86,12 @@ def cmd_generate(args) -> int:
 
     edit = args.audio is not None or args.init_audio is not None
     pipeline_class = StableAudio3InpaintPipeline if edit else StableAudio3Pipeline
+    if args.quiet:  # the loaders' own progress bars too
+        import diffusers
+        import transformers
+
+        diffusers.utils.logging.disable_progress_bar()
+        transformers.utils.logging.disable_progress_bar()
     pipe = _load_pipeline(pipeline_class, model, "--model")
     pipe.set_progress_bar_config(disable=args.quiet)
     generator = torch.Generator().manual_seed(args.seed)
@@ -185,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--num-waveforms", type=int, default=1, help="Waveforms to generate (files get _0, _1, ...).")
     gen.add_argument("-o", "--output", default="output.wav", help="Output .wav or .flac path (default output.wav).")
     gen.add_argument("--overwrite", action="store_true", help="Replace an existing output file.")
-    gen.add_argument("--quiet", action="store_true", help="No progress bar.")
+    gen.add_argument("--quiet", action="store_true", help="No progress bars (sampling and loading).")
     gen.add_argument("--seed", type=int, default=0, help="Random seed (default 0).")
     gen.add_argument("--steps", type=int, default=None, help="Sampling steps (default: from the checkpoint kind).")
     gen.set_defaults(func=cmd_generate)
