@@ -58,7 +58,8 @@ DIT_LAYERS=${DIT_LAYERS:-6}
 DIT_HEADS=${DIT_HEADS:-2}
 MAX_TEXT_LENGTH=${MAX_TEXT_LENGTH:-32}
 # Step counts and batch sizes.
-# Stop 25 ran these defaults in 5,030 s of stages on a 2-core CPU (the shipped pipelines/sa3-tiny); stop 23 ran the
+# Stop 25 ran these defaults in 5,030 s of stages on a 2-core CPU, then FLOW_INIT=<that run>/base FLOW_STEPS=1500
+# FLOW_LR=1e-3 for the shipped pipelines/sa3-tiny (2,282 s more); stop 23 ran the
 # gain-shape recipe in 4,205 s, stop 13 the earlier from-scratch SAME recipe in 7,510 s (training_examples/README.md has each stage).
 AE_STEPS=${AE_STEPS:-0}                 # full SAME training from the init (0: none; see README for why)
 AE_BATCH=${AE_BATCH:-8}
