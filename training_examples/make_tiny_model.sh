@@ -297,7 +297,10 @@ if os.path.exists(earlier_card):
     def read(name):
         path = os.path.join(run, "flow_init", name)
         return open(path).read().strip() if os.path.exists(path) else "?"
-    earlier_source = f"`{read('SOURCE_PATH')}` at git commit `{read('SOURCE_COMMIT') or '?'}`"
+    commit = read('SOURCE_COMMIT')
+    earlier_source = f"`{read('SOURCE_PATH')}`" + (
+        f" at git commit `{commit}`" if commit and commit != "?" else ""
+    )
 trained_same = [name for name, _, _ in stages if name in ("train_autoencoder", "finetune_decoder")]
 if trained_same:
     same_origin = f"The SAME was trained by `training_examples/train_autoencoder.py` ({', '.join(trained_same)} below)."
