@@ -140,12 +140,13 @@ def test_audio_to_audio_sampling_parity():
     pipe = _official_pipe(MEDIUM_BASE_CKPT, StableAudio3InpaintPipeline)
     ref, _ = load_reference("sample_a2a_medium_base")
     signal = load_reference("signals")[0]["signal"][:, :30000]
+    seconds = 0.35
     audio, final = _run_and_capture(
         pipe,
         prompt="ambient drone with shimmering reverb",
         init_audio=signal,
         init_noise_level=0.7,
-        duration=0.35,
+        duration=seconds,
         num_inference_steps=10,
         guidance_scale=7.0,
         latents=ref["initial_noise"],
@@ -155,7 +156,7 @@ def test_audio_to_audio_sampling_parity():
     # 2e-4 x max, decoding the reference's gives its audio to 4e-6). So the decode path is held to SAMPLING_TOL on the
     # reference latents, and the whole run's audio to 10x that.
     frames = ref["final_latents"].shape[-1]
-    decoded_reference = pipe.decode_latents(ref["final_latents"], [frames], [frames], [0.35], None, False, None)[0]
+    decoded_reference = pipe.decode_latents(ref["final_latents"], [frames], [frames], [seconds], None, False, None)[0]
     errors = {
         "final_latents": assert_parity(final, ref["final_latents"], "a2a final latents", SAMPLING_TOL),
         "decode_of_reference_latents": assert_parity(

@@ -59,8 +59,8 @@ DIT_HEADS=${DIT_HEADS:-2}
 MAX_TEXT_LENGTH=${MAX_TEXT_LENGTH:-32}
 # Step counts and batch sizes.
 # Stop 25 ran these defaults in 5,030 s of stages on a 2-core CPU, then FLOW_INIT=<that run>/base FLOW_STEPS=1500
-# FLOW_LR=1e-3 for the shipped pipelines/sa3-tiny (2,282 s more); stop 23 ran the
-# gain-shape recipe in 4,205 s, stop 13 the earlier from-scratch SAME recipe in 7,510 s (training_examples/README.md has each stage).
+# FLOW_LR=1e-3 for the shipped pipelines/sa3-tiny (2,282 s more); stop 23 ran the gain-shape recipe in 4,205 s, stop 13
+# the earlier from-scratch SAME recipe in 7,510 s (training_examples/README.md has each stage).
 AE_STEPS=${AE_STEPS:-0}                 # full SAME training from the init (0: none; see README for why)
 AE_BATCH=${AE_BATCH:-8}
 AE_LR=${AE_LR:-1e-3}
@@ -296,11 +296,9 @@ if os.path.exists(earlier_card):
                 earlier.append((cells[0], cells[1], cells[2].strip("`")))
     def read(name):
         path = os.path.join(run, "flow_init", name)
-        return open(path).read().strip() if os.path.exists(path) else "?"
-    commit = read('SOURCE_COMMIT')
-    earlier_source = f"`{read('SOURCE_PATH')}`" + (
-        f" at git commit `{commit}`" if commit and commit != "?" else ""
-    )
+        return open(path).read().strip() if os.path.exists(path) else ""
+    commit = read('SOURCE_COMMIT')  # empty for a folder outside the repository
+    earlier_source = f"`{read('SOURCE_PATH') or '?'}`" + (f" at git commit `{commit}`" if commit else "")
 trained_same = [name for name, _, _ in stages if name in ("train_autoencoder", "finetune_decoder")]
 if trained_same:
     same_origin = f"The SAME was trained by `training_examples/train_autoencoder.py` ({', '.join(trained_same)} below)."
