@@ -14,6 +14,8 @@
 #
 # Every stage records its command and wall time in RUN_DIR/stages.tsv and is skipped when RUN_DIR/<stage>.done exists;
 # training stages pass `--resume_from_checkpoint latest`, so re-running the script resumes an interrupted run.
+# STOP_AFTER=<stage> ends the run once that stage is done (e.g. STOP_AFTER=train_flow, to try distillation settings on
+# the base model); running again without it goes on from there.
 #
 # Smoke run (minutes on CPU):
 #   RUN_DIR=/work/tiny_run/smoke NUM_TRAIN=16 NUM_HELDOUT=4 FLOW_STEPS=2 DISTILL_STEPS=2 ADV_STEPS=2 \
@@ -26,6 +28,7 @@ set -euo pipefail
 # ----------------------------------------------------------------------------------------------- settings
 RUN_DIR=${RUN_DIR:-/work/tiny_run/real}
 SHIP_DIR=${SHIP_DIR:-}                        # empty: never copy into the repo
+STOP_AFTER=${STOP_AFTER:-}                    # a stage name (e.g. pre_encode): exit once it is done
 SEED=${SEED:-0}
 NUM_TRAIN=${NUM_TRAIN:-2000}
 NUM_HELDOUT=${NUM_HELDOUT:-200}
@@ -81,6 +84,8 @@ FLOW_INIT=${FLOW_INIT:-}                 # empty: train_flow starts from init_tr
 FLOW_BATCH=${FLOW_BATCH:-16}
 FLOW_LR=${FLOW_LR:-2e-3}
 FLOW_WARMUP=${FLOW_WARMUP:-200}
+FLOW_LR_SCHEDULER=${FLOW_LR_SCHEDULER:-constant_with_warmup}  # a diffusers `get_scheduler` name (cosine: decays to 0
+                                                              # at FLOW_STEPS)
 FLOW_SAMPLER=${FLOW_SAMPLER:-uniform}    # training noise levels: the official wrapper's default; the LoRA script's
                                          # trunc_logit_normal puts 1 % of them below t = 0.15, where quiet clips are
                                          # decided (training_examples/README, stop 19)
@@ -88,6 +93,7 @@ EMA_DECAY=${EMA_DECAY:-0.998}
 DISTILL_STEPS=${DISTILL_STEPS:-150}
 DISTILL_BATCH=${DISTILL_BATCH:-8}
 DISTILL_TEACHER_STEPS=${DISTILL_TEACHER_STEPS:-10}
+DISTILL_GUIDANCE=${DISTILL_GUIDANCE:-5}   # the teacher's CFG scale (train_distill.py's default, the official value)
 ADV_STEPS=${ADV_STEPS:-100}
 ADV_BATCH=${ADV_BATCH:-8}
 CHECKPOINT_EVERY=${CHECKPOINT_EVERY:-250}
@@ -100,6 +106,13 @@ if [[ "$SAME_INIT" == gain_shape || "$SAME_INIT" == spectral ]] && ((AE_STEPS > 
     echo "[make_tiny_model] AE_STEPS=$AE_STEPS and DEC_STEPS=$DEC_STEPS must be 0 with SAME_INIT=$SAME_INIT (it is" \
         "built, not trained: training_examples/README, stops 23 and 25); set SAME_INIT=pca or random to train the" \
         "SAME." >&2
+    exit 2
+fi
+STAGE_NAMES=(data_train data_heldout build_init half_vae train_autoencoder finetune_decoder build_trained_same
+    half_vae_trained_same pre_encode train_flow train_distill train_adversarial half_base half_post half_vae_base
+    half_vae_post evaluate)
+if [[ -n "$STOP_AFTER" && " ${STAGE_NAMES[*]} " != *" $STOP_AFTER "* ]]; then
+    echo "[make_tiny_model] STOP_AFTER=$STOP_AFTER is not a stage of this recipe; use one of: ${STAGE_NAMES[*]}" >&2
     exit 2
 fi
 if python -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then DEVICE_FLAGS=(); else
@@ -118,6 +131,7 @@ stage() {
     shift
     if [[ -f "$RUN_DIR/$name.done" ]]; then
         echo "[make_tiny_model] $name: done already, skipped"
+        stop_if_last "$name"
         return
     fi
     echo "[make_tiny_model] $name: $*"
@@ -131,6 +145,13 @@ stage() {
     command=$(printf '%q ' "$@")
     printf '%s\t%s\t%s\n' "$name" "$(($(date +%s) - $(cat "$RUN_DIR/$name.start")))" "${command% }" >>"$STAGES"
     touch "$RUN_DIR/$name.done"
+    stop_if_last "$name"
+}
+stop_if_last() {
+    if [[ "$1" == "$STOP_AFTER" ]]; then
+        echo "[make_tiny_model] stopped after $1 (STOP_AFTER); run again without it to go on"
+        exit 0
+    fi
 }
 
 # ----------------------------------------------------------------------------------------------- 1. data
@@ -213,7 +234,7 @@ stage train_flow "${LAUNCH[@]}" training_examples/train_flow.py \
     --pretrained_model_name_or_path "$FLOW_FROM" --latents_dir "$RUN_DIR/latents" \
     --output_dir "$RUN_DIR/base" --training_mode full --max_train_steps "$FLOW_STEPS" \
     --train_batch_size "$FLOW_BATCH" --learning_rate "$FLOW_LR" --lr_warmup_steps "$FLOW_WARMUP" \
-    --lr_scheduler constant_with_warmup --timestep_sampler "$FLOW_SAMPLER" --use_ema --ema_decay "$EMA_DECAY" --max_seconds 12 --checkpointing_steps "$CHECKPOINT_EVERY" \
+    --lr_scheduler "$FLOW_LR_SCHEDULER" --timestep_sampler "$FLOW_SAMPLER" --use_ema --ema_decay "$EMA_DECAY" --max_seconds 12 --checkpointing_steps "$CHECKPOINT_EVERY" \
     --checkpoints_total_limit 2 --report_to none --seed "$SEED" --loss_log "$RUN_DIR/flow_loss.jsonl" \
     --resume_from_checkpoint latest
 
@@ -222,7 +243,7 @@ stage train_distill "${LAUNCH[@]}" training_examples/train_distill.py \
     --pretrained_model_name_or_path "$RUN_DIR/base" --latent_data_path "$RUN_DIR/latents" \
     --trajectory_cache_dir "$RUN_DIR/trajectories" --output_dir "$RUN_DIR/distilled" \
     --max_train_steps "$DISTILL_STEPS" --train_batch_size "$DISTILL_BATCH" --learning_rate 1e-4 \
-    --num_teacher_steps "$DISTILL_TEACHER_STEPS" \
+    --num_teacher_steps "$DISTILL_TEACHER_STEPS" --guidance_scale "$DISTILL_GUIDANCE" \
     --max_seconds 12 --checkpointing_steps "$CHECKPOINT_EVERY" --checkpoints_total_limit 2 --report_to none \
     --seed "$SEED" --loss_log "$RUN_DIR/distill_loss.jsonl" --resume_from_checkpoint latest
 stage train_adversarial "${LAUNCH[@]}" training_examples/train_adversarial.py \

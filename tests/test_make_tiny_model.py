@@ -1,0 +1,47 @@
+"""Tests of `training_examples/make_tiny_model.sh`'s stage control (the stages themselves are tested elsewhere)."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+SCRIPT = os.path.join(os.path.dirname(__file__), "..", "training_examples", "make_tiny_model.sh")
+
+
+def _run(run_dir, **settings):
+    env = {**os.environ, "RUN_DIR": str(run_dir), "NUM_TRAIN": "3", "NUM_HELDOUT": "2", **settings}
+    # The script's `python` must be this interpreter (the one with the package installed).
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env["PATH"]
+    return subprocess.run(["bash", SCRIPT], env=env, capture_output=True, text=True, timeout=300)
+
+
+def _stage_names(run_dir):
+    with open(run_dir / "stages.tsv") as f:
+        return [line.split("\t")[0] for line in f]
+
+
+def test_stop_after_runs_the_stages_up_to_it_and_resumes_past_done_ones(tmp_path):
+    run_dir = tmp_path / "run"
+    result = _run(run_dir, STOP_AFTER="data_heldout")
+    assert result.returncode == 0, result.stderr
+    assert "stopped after data_heldout (STOP_AFTER)" in result.stdout
+    assert _stage_names(run_dir) == ["data_train", "data_heldout"]
+    assert (run_dir / "data" / "heldout" / "metadata.jsonl").exists() and not (run_dir / "init").exists()
+
+    # Again: both stages are done, so they are skipped and the script still stops there (it does not build on).
+    result = _run(run_dir, STOP_AFTER="data_heldout")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("done already, skipped") == 2
+    assert "stopped after data_heldout" in result.stdout
+    assert _stage_names(run_dir) == ["data_train", "data_heldout"] and not (run_dir / "init").exists()
+
+
+@pytest.mark.parametrize("stop_after", ["pre-encode", "flow"])
+def test_stop_after_must_name_a_stage(tmp_path, stop_after):
+    result = _run(tmp_path / "run", STOP_AFTER=stop_after)
+    assert result.returncode == 2
+    assert f"STOP_AFTER={stop_after} is not a stage of this recipe" in result.stderr
+    assert "pre_encode" in result.stderr and "train_flow" in result.stderr
+    assert not (tmp_path / "run").exists()  # nothing written
