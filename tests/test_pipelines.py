@@ -517,3 +517,37 @@ def test_sampling_loop_projects_the_text_context_once(small_pipe, monkeypatch):
     assert steps == [0, 1, 2, 3] and len(calls) == 1
     small_pipe("rain", duration=0.5, num_inference_steps=2)  # a new generation projects its context again
     assert len(calls) == 2
+
+
+def test_default_guidance_scale_config_sets_the_base_models_default(medium_pipe, tmp_path):
+    """A folder's `default_guidance_scale` is what a call without `guidance_scale` uses; it round-trips."""
+    assert medium_pipe.default_guidance_scale == 7.0 and medium_pipe.config.default_guidance_scale is None
+    pipe = StableAudio3Pipeline(**medium_pipe.components, default_guidance_scale=2)
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.default_guidance_scale == 2.0
+    pipe.save_pretrained(tmp_path / "pipe")
+    loaded = StableAudio3Pipeline.from_pretrained(tmp_path / "pipe")
+    loaded.set_progress_bar_config(disable=True)
+    loaded.transformer.set_padding_semantics("value_zeroing")
+    assert loaded.default_guidance_scale == 2.0
+    assert StableAudio3InpaintPipeline.from_pretrained(tmp_path / "pipe").default_guidance_scale == 2.0
+
+    kwargs = {
+        "prompt": "rain falling on a tin roof",
+        "duration": 0.4,
+        "num_inference_steps": 2,
+        "output_type": "latent",
+    }
+    default = loaded(generator=torch.Generator().manual_seed(0), **kwargs).audios
+    assert loaded.guidance_scale == 2.0
+    explicit = loaded(generator=torch.Generator().manual_seed(0), guidance_scale=2.0, **kwargs).audios
+    official = loaded(generator=torch.Generator().manual_seed(0), guidance_scale=7.0, **kwargs).audios
+    torch.testing.assert_close(default, explicit, rtol=0, atol=0)
+    assert (default - official).abs().max() > 1e-3  # the scale does change the result
+
+
+@pytest.mark.parametrize("value", [0.5, float("nan"), "2", True])
+@pytest.mark.parametrize("pipeline_class", [StableAudio3Pipeline, StableAudio3InpaintPipeline])
+def test_bad_default_guidance_scale_is_a_clear_error(medium_pipe, pipeline_class, value):
+    with pytest.raises(ValueError, match=r"`default_guidance_scale` must be a finite number >= 1\.0.*got"):
+        pipeline_class(**medium_pipe.components, default_guidance_scale=value)

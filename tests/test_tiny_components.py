@@ -1,5 +1,6 @@
 """Tests of the tiny-model builders (`diffusers_sa3.training.tiny_components`)."""
 
+import json
 import math
 
 import numpy as np
@@ -214,6 +215,21 @@ def test_cli_init_and_swap_vae(tmp_path):
         main(["check-frozen", "--pipeline", str(tmp_path / "swapped"), "--reference", str(tmp_path / "init")])
     with pytest.raises(ValueError, match="not a pipeline folder: it has no vae/ subfolder"):
         main(["check-frozen", "--pipeline", str(tmp_path / "vae"), "--reference", str(tmp_path / "init")])
+
+    # set-guidance (make_tiny_model.sh's BASE_GUIDANCE): the folder's default CFG scale, nothing else; a bad value or
+    # folder is an error that leaves the file as it was.
+    index = tmp_path / "init" / "model_index.json"
+    before = json.loads(index.read_text())
+    assert StableAudio3Pipeline.from_pretrained(tmp_path / "init").default_guidance_scale == 7.0
+    main(["set-guidance", "--pipeline", str(tmp_path / "init"), "--default_guidance_scale", "2"])
+    assert json.loads(index.read_text()) == {**before, "default_guidance_scale": 2.0}
+    assert StableAudio3Pipeline.from_pretrained(tmp_path / "init").default_guidance_scale == 2.0
+    written = index.read_bytes()
+    with pytest.raises(SystemExit, match=r"--default_guidance_scale.*must be a finite number >= 1\.0.*got 0\.5"):
+        main(["set-guidance", "--pipeline", str(tmp_path / "init"), "--default_guidance_scale", "0.5"])
+    assert index.read_bytes() == written
+    with pytest.raises(SystemExit, match="not a pipeline folder: it has no model_index.json"):
+        main(["set-guidance", "--pipeline", str(tmp_path / "vae"), "--default_guidance_scale", "2"])
 
 
 def test_tiny_same_with_small_patches_keeps_the_released_frame_rate(tmp_path):

@@ -93,7 +93,11 @@ EMA_DECAY=${EMA_DECAY:-0.998}
 DISTILL_STEPS=${DISTILL_STEPS:-150}
 DISTILL_BATCH=${DISTILL_BATCH:-8}
 DISTILL_TEACHER_STEPS=${DISTILL_TEACHER_STEPS:-10}
-DISTILL_GUIDANCE=${DISTILL_GUIDANCE:-5}   # the teacher's CFG scale (train_distill.py's default, the official value)
+DISTILL_GUIDANCE=${DISTILL_GUIDANCE:-2}   # the teacher's CFG scale (train_distill.py's default, the official value,
+                                          # is 5; 2 was the best of 1 / 1.5 / 2 / 3 / 7 for the base model on validation
+                                          # prompts: training_examples/README, stop 26)
+BASE_GUIDANCE=${BASE_GUIDANCE:-2}         # written into base/model_index.json as its default CFG scale (empty: the
+                                          # official 7)
 ADV_STEPS=${ADV_STEPS:-100}
 ADV_BATCH=${ADV_BATCH:-8}
 CHECKPOINT_EVERY=${CHECKPOINT_EVERY:-250}
@@ -110,7 +114,7 @@ if [[ "$SAME_INIT" == gain_shape || "$SAME_INIT" == spectral ]] && ((AE_STEPS > 
 fi
 STAGE_NAMES=(data_train data_heldout build_init half_vae train_autoencoder finetune_decoder build_trained_same
     half_vae_trained_same pre_encode train_flow train_distill train_adversarial half_base half_post half_vae_base
-    half_vae_post evaluate)
+    half_vae_post base_guidance evaluate)
 if [[ -n "$STOP_AFTER" && " ${STAGE_NAMES[*]} " != *" $STOP_AFTER "* ]]; then
     echo "[make_tiny_model] STOP_AFTER=$STOP_AFTER is not a stage of this recipe; use one of: ${STAGE_NAMES[*]}" >&2
     exit 2
@@ -264,6 +268,11 @@ if [[ "$SAME_INIT" == spectral ]]; then
     stage half_vae_post python -m diffusers_sa3.training.tiny_components half-vae --pipeline "$RUN_DIR/post"
 fi
 
+if [[ -n "$BASE_GUIDANCE" ]]; then
+    stage base_guidance python -m diffusers_sa3.training.tiny_components set-guidance --pipeline "$RUN_DIR/base" \
+        --default_guidance_scale "$BASE_GUIDANCE"
+fi
+
 # ----------------------------------------------------------------------------------------------- 8. evaluation
 stage evaluate python training_examples/evaluate.py --base "$RUN_DIR/base" --base_steps "$EVAL_BASE_STEPS" \
     --post_trained "$RUN_DIR/post" --post_trained_steps 1 8 --num_prompts "$EVAL_PROMPTS" --seed "$SEED" --phase "$PHASE" \
@@ -364,8 +373,9 @@ def card(title, folder, sampling):
         f.write("\n".join(lines))
 
 
+base_guidance = json.load(open(os.path.join(run, "base", "model_index.json"))).get("default_guidance_scale") or 7
 card("Stable Audio 3 tiny (base)", os.path.join(run, "base"),
-     "Euler (rectified flow), 50 steps and guidance 7 by default.")
+     f"Euler (rectified flow), 50 steps and guidance {base_guidance:g} by default.")
 card("Stable Audio 3 tiny (post-trained)", os.path.join(run, "post"),
      "ping-pong, 8 steps (1 step works too), no guidance.")
 print(evaluation["table"])

@@ -4,9 +4,30 @@ Official `DiffusionTransformer.forward` / `apg_project` (`stable_audio_3/models/
 (`x_t = (1 - t) x_0 + t noise`, velocity `v = noise - x_0`, so the denoised estimate is `x_t - t v`).
 """
 
+import math
 from typing import Optional, Tuple, Union
 
 import torch
+
+
+# The checkpoints' default CFG scales when a pipeline's config sets none: the official sampling defaults for base
+# (rectified-flow) models, and no guidance for post-trained ones (it is distilled into them).
+BASE_GUIDANCE_SCALE = 7.0
+POST_TRAINED_GUIDANCE_SCALE = 1.0
+
+
+def check_default_guidance_scale(value: Optional[float]) -> Optional[float]:
+    """Validates a pipeline's `default_guidance_scale` config: `None` (the checkpoint kind's default) or a finite
+    number >= 1."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 1.0:
+        raise ValueError(
+            f"`default_guidance_scale` must be a finite number >= 1.0 (1.0 = off) or None (the default of the "
+            f"checkpoint kind: {BASE_GUIDANCE_SCALE} for base models, {POST_TRAINED_GUIDANCE_SCALE} for post-trained "
+            f"ones), got {value!r}."
+        )
+    return float(value)
 
 
 def apg_project(

@@ -17,7 +17,12 @@ from ..models.transformer_stable_audio3 import StableAudio3Transformer
 from ..schedulers.scheduling_flow_match_ot import FlowMatchOTScheduler
 from ..schedulers.scheduling_pingpong_adversarial import PingPongAdversarialScheduler
 from .audio_utils import latent_frames_for_duration, valid_latent_frames
-from .guidance import apply_guidance
+from .guidance import (
+    BASE_GUIDANCE_SCALE,
+    POST_TRAINED_GUIDANCE_SCALE,
+    apply_guidance,
+    check_default_guidance_scale,
+)
 from .loading import load_pipeline_components
 from .prompt_inputs import PromptBatch, parse_prompts
 
@@ -41,6 +46,10 @@ class StableAudio3Pipeline(DiffusionPipeline, StableAudio3LoraLoaderMixin):
         scheduler ([`FlowMatchOTScheduler`] or [`PingPongAdversarialScheduler`]): Euler for base (`rectified_flow`)
             checkpoints, ping-pong for post-trained (`rf_denoiser`) checkpoints.
 
+    Config (`model_index.json`): `max_text_length`, `max_sample_size` (longest output, in samples),
+    `headroom_seconds` (generated past the longest requested duration) and `default_guidance_scale` (the CFG scale of a
+    call that gives none; `None`: 7.0 for base checkpoints, 1.0 for post-trained ones).
+
     Load with `diffusers_sa3.StableAudio3Pipeline.from_pretrained(...)`, never with
     `diffusers.DiffusionPipeline.from_pretrained` (upstream owns the class name and would load its own port).
     """
@@ -60,13 +69,18 @@ class StableAudio3Pipeline(DiffusionPipeline, StableAudio3LoraLoaderMixin):
         max_text_length: int = 256,
         max_sample_size: int = 5292032,
         headroom_seconds: float = 6.0,
+        default_guidance_scale: Optional[float] = None,
     ):
         super().__init__()
+        default_guidance_scale = check_default_guidance_scale(default_guidance_scale)
         self.register_modules(
             vae=vae, transformer=transformer, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler
         )
         self.register_to_config(
-            max_text_length=max_text_length, max_sample_size=max_sample_size, headroom_seconds=headroom_seconds
+            max_text_length=max_text_length,
+            max_sample_size=max_sample_size,
+            headroom_seconds=headroom_seconds,
+            default_guidance_scale=default_guidance_scale,
         )
         self.sampling_rate = getattr(getattr(vae, "config", None), "sampling_rate", 44100)
         self.downsampling_ratio = getattr(vae, "downsampling_ratio", 4096)
@@ -101,7 +115,12 @@ class StableAudio3Pipeline(DiffusionPipeline, StableAudio3LoraLoaderMixin):
 
     @property
     def default_guidance_scale(self) -> float:
-        return 1.0 if self.is_post_trained else 7.0
+        """The CFG scale used when a call gives none: the config's `default_guidance_scale` where it sets one (a
+        fine-tuned model's own), else 7.0 for base checkpoints and 1.0 for post-trained ones."""
+        configured = getattr(self.config, "default_guidance_scale", None)
+        if configured is not None:
+            return float(configured)
+        return POST_TRAINED_GUIDANCE_SCALE if self.is_post_trained else BASE_GUIDANCE_SCALE
 
     @property
     def max_duration(self) -> float:
@@ -506,8 +525,9 @@ class StableAudio3Pipeline(DiffusionPipeline, StableAudio3LoraLoaderMixin):
                 as one batch with padding masks; each output is trimmed to its own duration (a list is returned then).
             negative_prompt (`str` or `List[str]`, *optional*): used with guidance (base checkpoints).
             num_inference_steps (`int`, *optional*): defaults to 50 for base checkpoints, 8 for post-trained ones.
-            guidance_scale (`float`, *optional*): official denoised-space CFG with APG; defaults to 7.0 for base
-                checkpoints and 1.0 (off) for post-trained ones.
+            guidance_scale (`float`, *optional*): official denoised-space CFG with APG; defaults to the pipeline's
+                `default_guidance_scale` (its config's, else 7.0 for base checkpoints and 1.0 (off) for post-trained
+                ones).
             apg_scale (`float`, defaults to 1.0): 1.0 = full APG (official default), 0.0 = vanilla CFG.
             num_waveforms_per_prompt (`int`, defaults to 1): waveforms per prompt.
             generator (`torch.Generator` or list): every random draw (initial noise, ping-pong noise, decode noise)

@@ -25,7 +25,12 @@ from .audio_utils import (
     prepare_reference_audio,
     valid_latent_frames,
 )
-from .guidance import apply_guidance
+from .guidance import (
+    BASE_GUIDANCE_SCALE,
+    POST_TRAINED_GUIDANCE_SCALE,
+    apply_guidance,
+    check_default_guidance_scale,
+)
 from .loading import load_pipeline_components
 from .prompt_inputs import PromptBatch, parse_prompts
 
@@ -62,13 +67,18 @@ class StableAudio3InpaintPipeline(DiffusionPipeline, StableAudio3LoraLoaderMixin
         max_text_length: int = 256,
         max_sample_size: int = 5292032,
         headroom_seconds: float = 6.0,
+        default_guidance_scale: Optional[float] = None,
     ):
         super().__init__()
+        default_guidance_scale = check_default_guidance_scale(default_guidance_scale)
         self.register_modules(
             vae=vae, transformer=transformer, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler
         )
         self.register_to_config(
-            max_text_length=max_text_length, max_sample_size=max_sample_size, headroom_seconds=headroom_seconds
+            max_text_length=max_text_length,
+            max_sample_size=max_sample_size,
+            headroom_seconds=headroom_seconds,
+            default_guidance_scale=default_guidance_scale,
         )
         self.sampling_rate = getattr(getattr(vae, "config", None), "sampling_rate", 44100)
         self.downsampling_ratio = getattr(vae, "downsampling_ratio", 4096)
@@ -92,7 +102,12 @@ class StableAudio3InpaintPipeline(DiffusionPipeline, StableAudio3LoraLoaderMixin
 
     @property
     def default_guidance_scale(self) -> float:
-        return 1.0 if self.is_post_trained else 7.0
+        """The CFG scale used when a call gives none: the config's `default_guidance_scale` where it sets one (a
+        fine-tuned model's own), else 7.0 for base checkpoints and 1.0 for post-trained ones."""
+        configured = getattr(self.config, "default_guidance_scale", None)
+        if configured is not None:
+            return float(configured)
+        return POST_TRAINED_GUIDANCE_SCALE if self.is_post_trained else BASE_GUIDANCE_SCALE
 
     @property
     def max_duration(self) -> float:

@@ -1588,6 +1588,31 @@ def store_transformer_half(pipeline_dir: str) -> str:
 SPECTRAL_LOSSY_WEIGHTS = ("encoder.conv_in.weight_v", "decoder.conv_out.weight_v")
 
 
+def set_default_guidance_scale(pipeline_dir: str, value: Optional[float]) -> str:
+    """
+    Writes `default_guidance_scale` (the CFG scale of a call that gives none; `None` removes it) into a pipeline
+    folder's `model_index.json`, atomically; nothing else of the folder changes. Returns the file's path.
+    """
+    import json
+    import os
+
+    from ..pipelines.guidance import check_default_guidance_scale
+
+    value = check_default_guidance_scale(value)
+    path = os.path.join(pipeline_dir, "model_index.json")
+    if not os.path.isfile(path):
+        raise ValueError(f"`pipeline_dir` {pipeline_dir!r} is not a pipeline folder: it has no model_index.json.")
+    with open(path) as f:
+        config = json.load(f)
+    config["default_guidance_scale"] = value
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(config, f, indent=2, sort_keys=True)
+        f.write("\n")
+    os.replace(tmp, path)
+    return path
+
+
 FROZEN_SUBFOLDERS = ("vae", "text_encoder", "tokenizer")
 
 
@@ -1621,7 +1646,8 @@ def main(input_args=None):
     """
     CLI of `make_tiny_model.sh`: `init` writes the untrained pipeline, `swap-vae` puts a trained SAME into one,
     `half-transformer` stores a pipeline's transformer in float16, `half-vae` a spectral SAME's matrices
-    ([`store_weights_half`]), `check-frozen` checks that two pipelines share their frozen components
+    ([`store_weights_half`]), `set-guidance` a pipeline's default CFG scale ([`set_default_guidance_scale`]),
+    `check-frozen` checks that two pipelines share their frozen components
     ([`frozen_files_differ`]).
     """
     import argparse
@@ -1658,6 +1684,11 @@ def main(input_args=None):
         "in float16 where that is exact (all loaded back as float32).",
     )
     half_vae.add_argument("--pipeline", required=True)
+    guidance = commands.add_parser(
+        "set-guidance", help="Set a pipeline folder's default CFG scale (`default_guidance_scale`, model_index.json)."
+    )
+    guidance.add_argument("--pipeline", required=True)
+    guidance.add_argument("--default_guidance_scale", type=float, required=True)
     check = commands.add_parser(
         "check-frozen",
         help="Exit with an error unless two pipelines have the same SAME, text encoder and tokenizer files.",
@@ -1676,6 +1707,11 @@ def main(input_args=None):
         store_transformer_half(args.pipeline)
     elif args.command == "half-vae":
         store_weights_half(args.pipeline, "vae", SPECTRAL_LOSSY_WEIGHTS)
+    elif args.command == "set-guidance":
+        try:
+            set_default_guidance_scale(args.pipeline, args.default_guidance_scale)
+        except ValueError as error:
+            raise SystemExit(f"error: --pipeline / --default_guidance_scale: {error}") from None
     else:
         differ = frozen_files_differ(args.pipeline, args.reference)
         if differ:
