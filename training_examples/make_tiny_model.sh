@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The full recipe of the tiny Stable Audio 3 model shipped as `pipelines/sa3-tiny/` (issue 7; results: training_examples/README.md, stop 25).
+# The full recipe of the tiny Stable Audio 3 model shipped as `pipelines/sa3-tiny/` (issue 7; results: training_examples/README.md, stop 26).
 #
 #   1. synthetic train set (NUM_TRAIN clips) and held-out set (NUM_HELDOUT clips);
 #   2. word tokenizer over the caption words + tiny frozen random T5Gemma encoder + tiny SAME + tiny DiT -> `init/`;
@@ -62,8 +62,10 @@ DIT_HEADS=${DIT_HEADS:-2}
 MAX_TEXT_LENGTH=${MAX_TEXT_LENGTH:-32}
 # Step counts and batch sizes.
 # Stop 25 ran these defaults in 5,030 s of stages on a 2-core CPU, then FLOW_INIT=<that run>/base FLOW_STEPS=1500
-# FLOW_LR=1e-3 for the shipped pipelines/sa3-tiny (2,282 s more); stop 23 ran the gain-shape recipe in 4,205 s, stop 13
-# the earlier from-scratch SAME recipe in 7,510 s (training_examples/README.md has each stage).
+# FLOW_LR=1e-3 (2,282 s more); stop 26 continued that for FLOW_STEPS=5000 FLOW_LR=1e-3 FLOW_WARMUP=100
+# FLOW_LR_SCHEDULER=cosine with DISTILL_GUIDANCE=2 BASE_GUIDANCE=2 (5,442 s more): the shipped pipelines/sa3-tiny. Stop
+# 23 ran the gain-shape recipe in 4,205 s, stop 13 the earlier from-scratch SAME recipe in 7,510 s
+# (training_examples/README.md has each stage).
 AE_STEPS=${AE_STEPS:-0}                 # full SAME training from the init (0: none; see README for why)
 AE_BATCH=${AE_BATCH:-8}
 AE_LR=${AE_LR:-1e-3}
