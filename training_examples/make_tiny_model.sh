@@ -331,6 +331,7 @@ if os.path.exists(earlier_card):
         return open(path).read().strip() if os.path.exists(path) else ""
     commit = read('SOURCE_COMMIT')  # empty for a folder outside the repository
     earlier_source = f"`{read('SOURCE_PATH') or '?'}`" + (f" at git commit `{commit}`" if commit else "")
+earlier_runs = sum(name == "data_train" for name, _, _ in earlier)  # every run of the recipe starts with it
 trained_same = [name for name, _, _ in stages if name in ("train_autoencoder", "finetune_decoder")]
 if trained_same:
     same_origin = f"The SAME was trained by `training_examples/train_autoencoder.py` ({', '.join(trained_same)} below)."
@@ -358,13 +359,16 @@ def card(title, folder, sampling):
              f"Weights in this folder: {weights_mb(folder):.1f} MB (safetensors).", "",
              f"Hardware: {hardware}.", "",
              f"Total wall time of the stages: {sum(int(seconds) for _, seconds, _ in stages + earlier)} s"
-             + (f" ({sum(int(seconds) for _, seconds, _ in earlier)} s of them in the earlier run below)." if earlier
-                else "."), ""]
+             + (f" ({sum(int(seconds) for _, seconds, _ in earlier)} s of them in the earlier "
+                f"{'runs' if earlier_runs > 1 else 'run'} below)." if earlier else "."), ""]
     if earlier:
+        chain = (f" That run itself continued the DiT of an earlier one: the table has the stages of the {earlier_runs} "
+                 "runs, oldest first." if earlier_runs > 1 else "")
         lines += [f"The DiT continues the base DiT of an earlier run of the recipe, {earlier_source} "
                   "(`FLOW_INIT`, copied to `flow_init/`; its SAME, text encoder and tokenizer are this run's files, "
-                  "byte for byte). Those of its stages that this model comes from:", "",
-                  "| stage (earlier run) | wall time (s) | command |", "|---|---|---|"]
+                  f"byte for byte).{chain} The earlier stages that this model comes from:", "",
+                  f"| stage (earlier {'runs' if earlier_runs > 1 else 'run'}) | wall time (s) | command |",
+                  "|---|---|---|"]
         lines += [f"| {name} | {seconds} | `{command}` |" for name, seconds, command in earlier]
         lines += [""]
     lines += ["## Commands (in order) and wall time", "",
