@@ -114,9 +114,8 @@ if [[ "$SAME_INIT" == gain_shape || "$SAME_INIT" == spectral ]] && ((AE_STEPS > 
         "SAME." >&2
     exit 2
 fi
-STAGE_NAMES=(data_train data_heldout build_init half_vae train_autoencoder finetune_decoder build_trained_same
-    half_vae_trained_same pre_encode train_flow train_distill train_adversarial half_base half_post half_vae_base
-    half_vae_post base_guidance evaluate)
+# Every `stage NAME ...` call of this file, in order.
+mapfile -t STAGE_NAMES < <(sed -nE 's/^ *stage ([a-z_]+) .*/\1/p' "${BASH_SOURCE[0]}")
 if [[ -n "$STOP_AFTER" && " ${STAGE_NAMES[*]} " != *" $STOP_AFTER "* ]]; then
     echo "[make_tiny_model] STOP_AFTER=$STOP_AFTER is not a stage of this recipe; use one of: ${STAGE_NAMES[*]}" >&2
     exit 2
@@ -286,6 +285,8 @@ import hashlib, json, os, platform, shutil, subprocess, sys
 
 import torch
 
+from diffusers_sa3.pipelines.guidance import resolve_default_guidance_scale
+
 run, ship = sys.argv[1], sys.argv[2]
 stages = [line.rstrip("\n").split("\t") for line in open(os.path.join(run, "stages.tsv"))]
 if torch.cuda.is_available():
@@ -360,14 +361,15 @@ def card(title, folder, sampling):
              f"Hardware: {hardware}.", "",
              f"Total wall time of the stages: {sum(int(seconds) for _, seconds, _ in stages + earlier)} s"
              + (f" ({sum(int(seconds) for _, seconds, _ in earlier)} s of them in the earlier "
-                f"{'runs' if earlier_runs > 1 else 'run'} below)." if earlier else "."), ""]
+                f"run{'s' if earlier_runs > 1 else ''} below)." if earlier else "."), ""]
     if earlier:
+        runs = "runs" if earlier_runs > 1 else "run"
         chain = (f" That run itself continued the DiT of an earlier one: the table has the stages of the {earlier_runs} "
                  "runs, oldest first." if earlier_runs > 1 else "")
         lines += [f"The DiT continues the base DiT of an earlier run of the recipe, {earlier_source} "
                   "(`FLOW_INIT`, copied to `flow_init/`; its SAME, text encoder and tokenizer are this run's files, "
                   f"byte for byte).{chain} The earlier stages that this model comes from:", "",
-                  f"| stage (earlier {'runs' if earlier_runs > 1 else 'run'}) | wall time (s) | command |",
+                  f"| stage (earlier {runs}) | wall time (s) | command |",
                   "|---|---|---|"]
         lines += [f"| {name} | {seconds} | `{command}` |" for name, seconds, command in earlier]
         lines += [""]
@@ -379,7 +381,8 @@ def card(title, folder, sampling):
         f.write("\n".join(lines))
 
 
-base_guidance = json.load(open(os.path.join(run, "base", "model_index.json"))).get("default_guidance_scale") or 7
+base_guidance = resolve_default_guidance_scale(
+    json.load(open(os.path.join(run, "base", "model_index.json"))).get("default_guidance_scale"), False)
 card("Stable Audio 3 tiny (base)", os.path.join(run, "base"),
      f"Euler (rectified flow), 50 steps and guidance {base_guidance:g} by default.")
 card("Stable Audio 3 tiny (post-trained)", os.path.join(run, "post"),

@@ -30,6 +30,14 @@ def check_default_guidance_scale(value: Optional[float]) -> Optional[float]:
     return float(value)
 
 
+def resolve_default_guidance_scale(configured: Optional[float], is_post_trained: bool) -> float:
+    """The CFG scale of a call that gives none: a pipeline config's `default_guidance_scale` where it sets one, else
+    the checkpoint kind's ([`BASE_GUIDANCE_SCALE`] or [`POST_TRAINED_GUIDANCE_SCALE`])."""
+    if configured is not None:
+        return float(configured)
+    return POST_TRAINED_GUIDANCE_SCALE if is_post_trained else BASE_GUIDANCE_SCALE
+
+
 def apg_project(
     vector: torch.Tensor, direction: torch.Tensor, valid_mask: Optional[torch.Tensor] = None
 ) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -25,12 +25,7 @@ from .audio_utils import (
     prepare_reference_audio,
     valid_latent_frames,
 )
-from .guidance import (
-    BASE_GUIDANCE_SCALE,
-    POST_TRAINED_GUIDANCE_SCALE,
-    apply_guidance,
-    check_default_guidance_scale,
-)
+from .guidance import apply_guidance, check_default_guidance_scale, resolve_default_guidance_scale
 from .loading import load_pipeline_components
 from .prompt_inputs import PromptBatch, parse_prompts
 
@@ -104,10 +99,9 @@ class StableAudio3InpaintPipeline(DiffusionPipeline, StableAudio3LoraLoaderMixin
     def default_guidance_scale(self) -> float:
         """The CFG scale used when a call gives none: the config's `default_guidance_scale` where it sets one (a
         fine-tuned model's own), else 7.0 for base checkpoints and 1.0 for post-trained ones."""
-        configured = getattr(self.config, "default_guidance_scale", None)
-        if configured is not None:
-            return float(configured)
-        return POST_TRAINED_GUIDANCE_SCALE if self.is_post_trained else BASE_GUIDANCE_SCALE
+        return resolve_default_guidance_scale(
+            getattr(self.config, "default_guidance_scale", None), self.is_post_trained
+        )
 
     @property
     def max_duration(self) -> float:
