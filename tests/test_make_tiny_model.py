@@ -45,3 +45,34 @@ def test_stop_after_must_name_a_stage(tmp_path, stop_after):
     assert f"STOP_AFTER={stop_after} is not a stage of this recipe" in result.stderr
     assert "pre_encode" in result.stderr and "train_flow" in result.stderr
     assert not (tmp_path / "run").exists()  # nothing written
+
+
+def test_same_from_replaces_the_built_same_and_the_set_has_grid_timing(tmp_path):
+    """`SAME_FROM`: the run's SAME is that folder's, byte for byte once stored in float16 again, not the one built
+    from this run's clips (which differs: its level statistics come from the clips); the data stages write the set
+    with `--timing grid` by default."""
+    shipped = os.path.join(os.path.dirname(SCRIPT), "..", "pipelines", "sa3-tiny", "vae")
+    run_dir = tmp_path / "run"
+    result = _run(run_dir, SAME_FROM=shipped, STOP_AFTER="half_vae_trained_same")
+    assert result.returncode == 0, result.stdout + result.stderr
+    weights = "diffusion_pytorch_model.safetensors"
+    with open(os.path.join(shipped, weights), "rb") as f:
+        expected = f.read()
+    assert (run_dir / "init_trained_same" / "vae" / weights).read_bytes() == expected
+    assert (run_dir / "init" / "vae" / weights).read_bytes() != expected
+    with open(run_dir / "stages.tsv") as f:
+        commands = dict(line.rstrip("\n").split("\t")[::2] for line in f)
+    assert "--timing grid" in commands["data_train"] and "--timing grid" in commands["data_heldout"]
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"SAME_FROM": "no/such/folder"}, "SAME_FROM=no/such/folder is not a SAME folder"),
+        ({"SAME_FROM": "pipelines/sa3-tiny/vae", "SAME_INIT": "pca", "AE_STEPS": "2"}, "AE_STEPS and DEC_STEPS must"),
+    ],
+)
+def test_same_from_is_checked_before_anything_is_written(tmp_path, settings, message):
+    result = _run(tmp_path / "run", **settings)
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert not (tmp_path / "run").exists()

@@ -16,10 +16,13 @@ from diffusers_sa3.training.synthetic_sounds import (
     GRID_SAMPLES,
     NOTES,
     SOUND_TYPES,
+    TEMPOS,
     caption_vocabulary,
     chord_frequencies,
     combination_key,
+    grid_chirp_frequencies,
     grid_frequency,
+    grid_tempo,
     heldout_combinations,
     note_to_hz,
     read_metadata,
@@ -402,3 +405,71 @@ def test_grid_tuning_repeats_every_4096_samples_and_stays_near_the_note(tmp_path
     assert script.parse_args(["--tuning", "grid"]).tuning == "grid"
     with pytest.raises(SystemExit):
         script.parse_args(["--tuning", "just"])
+
+
+def test_grid_timing_puts_drum_bars_and_chirp_steps_on_4096_sample_frames(tmp_path):
+    """`timing="grid"`: a drum pattern is the exact-timing pattern at the tempo whose two-beat bar is a whole number of
+    4096-sample frames (at most 2.6 % off the captioned one); a chirp holds one grid-tuned note per frame (a pure sine
+    at a multiple of 44100 / 4096 Hz, measured with an FFT of each frame), nearest to the exponential sweep; both
+    still score as what their captions ask, and nothing else changes."""
+    step = SR / GRID_SAMPLES
+    for bpm in TEMPOS:
+        tempo = grid_tempo(bpm)
+        bar_frames = 2 * 60.0 / tempo * SR / GRID_SAMPLES
+        assert abs(bar_frames - round(bar_frames)) < 1e-9 and abs(tempo - bpm) / bpm < 0.026, (bpm, tempo)
+        drums = _attributes("drums", "left", "loud", 5, 4, bpm=bpm)
+        grid = synthesize(drums, np.random.default_rng(3), phase="zero", timing="grid")
+        np.testing.assert_array_equal(
+            grid, synthesize(dict(drums, bpm=tempo), np.random.default_rng(3), phase="zero"), err_msg=str(bpm)
+        )
+        scores = score_clip(grid, SR, drums)
+        assert scores["type_correct"] and scores["side_correct"] and scores["duration_ok"], scores
+        assert abs(scores["bpm"] - tempo) < 0.01 * tempo, (bpm, tempo, scores["bpm"])
+    for direction, start, end, seconds in (("rising", 100.0, 400.0, 3), ("falling", 1600.0, 400.0, 2)):
+        chirp = _attributes(
+            "chirp",
+            "right",
+            "quiet",
+            seconds,
+            seconds,
+            direction=direction,
+            waveform="sine",
+            pitch_hz=start,
+            pitch_end_hz=end,
+        )
+        samples = seconds * SR
+        frequencies = grid_chirp_frequencies(start, end, samples)
+        assert len(frequencies) == -(-samples // GRID_SAMPLES)
+        assert np.all(np.diff(frequencies) >= 0 if direction == "rising" else np.diff(frequencies) <= 0)
+        centres = np.minimum((np.arange(len(frequencies)) + 0.5) * GRID_SAMPLES, samples) / samples
+        sweep = start * (end / start) ** centres
+        # Half a semitone to the nearest note, then at most half a grid step.
+        assert np.all(np.abs(12 * np.log2(frequencies / sweep)) <= 0.5 + 12 * np.log2(1 + step / 2 / 100) + 1e-9)
+        audio = synthesize(chirp, np.random.default_rng(0), phase="zero", timing="grid")
+        mono = audio.sum(axis=0)
+        for index in range(1, samples // GRID_SAMPLES - 1):  # full frames between the fades
+            spectrum = np.abs(np.fft.rfft(mono[index * GRID_SAMPLES : (index + 1) * GRID_SAMPLES])) ** 2
+            k = int(np.argmax(spectrum))
+            assert k == round(frequencies[index] / step) and k * step == pytest.approx(frequencies[index])
+            assert spectrum[k] > 0.999 * spectrum.sum(), (index, k)
+        scores = score_clip(audio, SR, chirp)
+        assert scores["type_correct"] and scores["side_correct"] and scores["duration_ok"], scores
+    # Tones, chords and noise are not affected; the captions keep the nominal tempo and sweep.
+    for attributes in (c for c in _ground_truth_cases() if c["type"] not in ("drums", "chirp")):
+        np.testing.assert_array_equal(
+            synthesize(attributes, np.random.default_rng(1), timing="grid"),
+            synthesize(attributes, np.random.default_rng(1)),
+        )
+    assert [e["text"] for e in synthetic_examples(8, seed=2, timing="grid", with_audio=False)] == [
+        e["text"] for e in synthetic_examples(8, seed=2, with_audio=False)
+    ]
+    with pytest.raises(ValueError, match="`timing` must be one of"):
+        synthesize(_ground_truth_cases()[0], np.random.default_rng(0), timing="swing")
+    with pytest.raises(ValueError, match="`timing` must be one of"):
+        write_synthetic_dataset(str(tmp_path / "never-written"), 1, timing="swing")
+    assert not (tmp_path / "never-written").exists(), "a bad `timing` must fail before anything is written"
+    with pytest.raises(ValueError, match="`bpm` must be positive"):
+        grid_tempo(0)
+    script = _load_script("evaluate")
+    assert script.parse_args(["--timing", "grid"]).timing == "grid"
+    assert _load_script("synthetic_sounds").parse_args(["--output_dir", "x", "--timing", "grid"]).timing == "grid"

@@ -32,6 +32,7 @@ from diffusers_sa3.training.synthetic_sounds import (
     LEVELS,
     PHASES,
     SAMPLE_RATE,
+    TIMINGS,
     TUNINGS,
     split_combinations,
     synthetic_example,
@@ -94,6 +95,12 @@ def parse_args(input_args=None):
     parser.add_argument("--seed", type=int, default=0, help="Seed of the prompts and of the generation noise.")
     parser.add_argument("--split_seed", type=int, default=0, help="Seed of the held-out attribute combinations.")
     parser.add_argument(
+        "--timing",
+        choices=TIMINGS,
+        default="exact",
+        help="Drum tempo and chirp sweep of the reference clips (as the training set was written: synthetic_sounds.py).",
+    )
+    parser.add_argument(
         "--tuning",
         choices=TUNINGS,
         default="equal",
@@ -109,7 +116,9 @@ def parse_args(input_args=None):
     return args
 
 
-def held_out_prompts(num_prompts, seed, split_seed, max_seconds=None, phase="random", level="peak", tuning="equal"):
+def held_out_prompts(
+    num_prompts, seed, split_seed, max_seconds=None, phase="random", level="peak", tuning="equal", timing="exact"
+):
     """The first `num_prompts` held-out examples (with audio) whose duration is at most `max_seconds`."""
     combinations = split_combinations("heldout", split_seed)
     examples, index = [], 0
@@ -126,6 +135,7 @@ def held_out_prompts(num_prompts, seed, split_seed, max_seconds=None, phase="ran
                     phase=phase,
                     level=level,
                     tuning=tuning,
+                    timing=timing,
                 )
             )
         index += 1
@@ -234,7 +244,14 @@ def main(args):
     # 1. Held-out prompts and their ground-truth clips.
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     examples = held_out_prompts(
-        args.num_prompts, args.seed, args.split_seed, args.max_seconds, args.phase, args.level, args.tuning
+        args.num_prompts,
+        args.seed,
+        args.split_seed,
+        args.max_seconds,
+        args.phase,
+        args.level,
+        args.tuning,
+        args.timing,
     )
     columns = {"reference": score_column([e["audio"] for e in examples], examples, SAMPLE_RATE, args.level)}
     columns["reference"]["metrics"]["same_snr_db"] = None

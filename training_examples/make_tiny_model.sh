@@ -39,6 +39,10 @@ LEVEL=${LEVEL:-rms}                    # what a clip's loudness sets: peak (0.1 
 TUNING=${TUNING:-grid}                 # oscillator tuning of tones and chords: equal, or grid (multiples of 44100 /
                                        # 4096 Hz: with PHASE=zero a steady sound is the same in every latent frame of
                                        # the spectral SAME; training_examples/README, stop 25)
+TIMING=${TIMING:-grid}                 # drums and chirps: exact (the captioned BPM; a continuous sweep), or grid (a
+                                       # two-beat drum bar of whole 4096-sample frames, at most 2.6 % off the captioned
+                                       # BPM; a chirp as one grid-tuned note per frame): both then repeat or step
+                                       # exactly in the latent frames (training_examples/README, stop 27)
 # Model sizes (see diffusers_sa3.training.tiny_components).
 TEXT_WIDTH=${TEXT_WIDTH:-64}
 LATENT_CHANNELS=${LATENT_CHANNELS:-64}
@@ -55,6 +59,9 @@ SAME_INIT=${SAME_INIT:-spectral}       # spectral: a constructed spectral gain-s
                                        # component coder of the training frames (pca_initialise_same); gain_shape: those
                                        # coefficients over their RMS per frame and channel, log RMS as two more latents
                                        # (gain_shape_initialise_same); random: build_tiny_same's init
+SAME_FROM=${SAME_FROM:-}               # a SAME folder (e.g. pipelines/sa3-tiny/vae) used as the run's SAME instead of
+                                       # the one built from this run's clips (a continuation, FLOW_INIT, on a set whose
+                                       # clips differ from its own: the SAME must stay the one its DiT learned)
 SAME_LAYERS=${SAME_LAYERS:-3}         # encoder blocks: gain_shape needs 3 (pca 1; further blocks start as identities)
 SAME_DECODER_LAYERS=${SAME_DECODER_LAYERS:-2}  # gain_shape needs 2 (pca 1)
 DIT_LAYERS=${DIT_LAYERS:-6}
@@ -114,6 +121,17 @@ if [[ "$SAME_INIT" == gain_shape || "$SAME_INIT" == spectral ]] && ((AE_STEPS > 
         "SAME." >&2
     exit 2
 fi
+if [[ -n "$SAME_FROM" ]] && ((AE_STEPS > 0 || DEC_STEPS > 0)); then
+    echo "[make_tiny_model] SAME_FROM=$SAME_FROM takes an existing SAME; AE_STEPS and DEC_STEPS must then be 0, got" \
+        "$AE_STEPS and $DEC_STEPS." >&2
+    exit 2
+fi
+if [[ -n "$SAME_FROM" && ! -f "$SAME_FROM/config.json" ]]; then
+    echo "[make_tiny_model] SAME_FROM=$SAME_FROM is not a SAME folder (no config.json); give a pipeline's vae/" \
+        "folder, e.g. pipelines/sa3-tiny/vae." >&2
+    exit 2
+fi
+[[ -n "$SAME_FROM" ]] && SAME_FROM=$(cd "$SAME_FROM" && pwd)   # the stages run from the repository root
 # Every `stage NAME ...` call of this file, in order.
 mapfile -t STAGE_NAMES < <(sed -nE 's/^ *stage ([a-z_]+) .*/\1/p' "${BASH_SOURCE[0]}")
 if [[ -n "$STOP_AFTER" && " ${STAGE_NAMES[*]} " != *" $STOP_AFTER "* ]]; then
@@ -161,10 +179,11 @@ stop_if_last() {
 
 # ----------------------------------------------------------------------------------------------- 1. data
 stage data_train python training_examples/synthetic_sounds.py --output_dir "$RUN_DIR/data/train" \
-    --num_examples "$NUM_TRAIN" --split train --seed "$SEED" --phase "$PHASE" --level "$LEVEL" --tuning "$TUNING"
+    --num_examples "$NUM_TRAIN" --split train --seed "$SEED" --phase "$PHASE" --level "$LEVEL" --tuning "$TUNING" \
+    --timing "$TIMING"
 stage data_heldout python training_examples/synthetic_sounds.py --output_dir "$RUN_DIR/data/heldout" \
     --num_examples "$NUM_HELDOUT" --split heldout --seed "$((SEED + 1))" --phase "$PHASE" --level "$LEVEL" \
-    --tuning "$TUNING"
+    --tuning "$TUNING" --timing "$TIMING"
 
 # ----------------------------------------------------------------------------------------------- 2. components
 SAME_SIZE_FLAGS=(--latent_channels "$LATENT_CHANNELS" --same_heads "$SAME_HEADS" --same_layers "$SAME_LAYERS"
@@ -207,6 +226,7 @@ stage finetune_decoder "${LAUNCH[@]}" training_examples/train_autoencoder.py \
     --resume_from_checkpoint latest
 SAME_DIR="$RUN_DIR/same_decoder"
 fi
+[[ -n "$SAME_FROM" ]] && SAME_DIR="$SAME_FROM"
 stage build_trained_same python -m diffusers_sa3.training.tiny_components swap-vae --pipeline "$RUN_DIR/init" \
     --vae "$SAME_DIR" --output_dir "$RUN_DIR/init_trained_same"
 # Every saved pipeline writes its SAME back in float32: the spectral SAME is stored again with `half-vae` in each
@@ -277,7 +297,7 @@ fi
 # ----------------------------------------------------------------------------------------------- 8. evaluation
 stage evaluate python training_examples/evaluate.py --base "$RUN_DIR/base" --base_steps "$EVAL_BASE_STEPS" \
     --post_trained "$RUN_DIR/post" --post_trained_steps 1 8 --num_prompts "$EVAL_PROMPTS" --seed "$SEED" --phase "$PHASE" \
-    --level "$LEVEL" --tuning "$TUNING" --output_json "$RUN_DIR/eval.json"
+    --level "$LEVEL" --tuning "$TUNING" --timing "$TIMING" --output_json "$RUN_DIR/eval.json"
 
 # ----------------------------------------------------------------------------------------------- 9. cards, shipping
 python - "$RUN_DIR" "$SHIP_DIR" <<'EOF'

@@ -19,6 +19,7 @@ from diffusers_sa3.training.synthetic_sounds import (
     PHASES,
     SAMPLE_RATE,
     SPLITS,
+    TIMINGS,
     TUNINGS,
     caption_vocabulary,
     write_synthetic_dataset,
@@ -53,6 +54,14 @@ def parse_args(input_args=None):
     parser.add_argument("--split_seed", type=int, default=0, help="Seed of the held-out attribute combinations.")
     parser.add_argument("--subtype", choices=["PCM_16", "FLOAT"], default="PCM_16", help="WAV sample format.")
     parser.add_argument(
+        "--timing",
+        choices=TIMINGS,
+        default="exact",
+        help="Time structure of drum patterns and chirps: exact (drums at the captioned BPM, chirps a continuous sweep), "
+        "or grid (a two-beat drum bar of whole 4096-sample frames, at most 2.6%% off the captioned BPM; a chirp as one "
+        "grid-tuned note per 4096-sample frame), so that both repeat or step exactly in the latent frames.",
+    )
+    parser.add_argument(
         "--tuning",
         choices=TUNINGS,
         default="equal",
@@ -77,6 +86,7 @@ def main(args):
         phase=args.phase,
         level=args.level,
         tuning=args.tuning,
+        timing=args.timing,
     )
     counts = collections.Counter(row["type"] for row in rows)
     seconds = sum(row["duration"] for row in rows)

@@ -14,7 +14,12 @@ Each clip also has a stereo position (`left`, `centre`, `right`), a loudness (`l
 (`sound_end_seconds` < `duration`, then digital silence); the caption then says when it stops.
 With `tuning="grid"` every tone and chord oscillator is tuned to the nearest multiple of `sample_rate / 4096` Hz
 ([`grid_frequency`]; at most 0.55 semitones from equal temperament over c3 ... f#6, 0.2 on average), so that with
-`phase="zero"` a steady sound is the same in every 4096-sample frame; captions keep the nominal pitch.
+`phase="zero"` a steady sound is the same in every 4096-sample frame; captions keep the nominal pitch. With
+`timing="grid"` a drum pattern's two-beat bar lasts the whole number of 4096-sample frames nearest to the captioned
+tempo's ([`grid_tempo`]; at most 2.6 % off over the set's tempos), so that the pattern repeats exactly every bar in the
+latent frames, and a chirp is a glissando that holds one note per 4096-sample frame ([`grid_chirp_frequencies`]: the
+equal-tempered note nearest to the exponential sweep at the frame's centre, grid-tuned, so that each frame is a steady
+sine); captions keep the nominal tempo and sweep.
 Captions come from a small grammar with synonyms and varied clause order and use only lower-case words, digits and
 spaces (`"a loud sawtooth wave at a4 panned left"`, `"drum loop at 120 bpm in the centre that stops after 3
 seconds"`).
@@ -53,6 +58,7 @@ SPLITS = ("train", "heldout")
 PHASES = ("random", "zero")
 LEVELS = ("peak", "rms")
 TUNINGS = ("equal", "grid")
+TIMINGS = ("exact", "grid")
 # `tuning="grid"`: oscillator frequencies are whole multiples of `sample_rate / GRID_SAMPLES` (10.77 Hz at 44.1 kHz),
 # so that a steady tone or chord repeats exactly every `GRID_SAMPLES` samples, a latent frame of the released SAMEs.
 GRID_SAMPLES = 4096
@@ -107,6 +113,36 @@ def grid_frequency(frequency_hz: float, sample_rate: int = SAMPLE_RATE) -> float
     """The multiple of `sample_rate / GRID_SAMPLES` nearest to `frequency_hz` (at least one step)."""
     step = sample_rate / GRID_SAMPLES
     return max(1, round(frequency_hz / step)) * step
+
+
+def grid_tempo(bpm: float, sample_rate: int = SAMPLE_RATE) -> float:
+    """
+    The tempo (BPM) whose two-beat bar lasts the whole number of `GRID_SAMPLES`-sample frames nearest to that of
+    `bpm` (at least one frame): the tempo of a `timing="grid"` drum pattern.
+    """
+    if not bpm > 0:
+        raise ValueError(f"`bpm` must be positive, got {bpm}.")
+    bar_frames = max(1, round(2 * 60.0 / bpm * sample_rate / GRID_SAMPLES))
+    return 2 * 60.0 * sample_rate / (bar_frames * GRID_SAMPLES)
+
+
+def grid_chirp_frequencies(
+    start_hz: float, end_hz: float, num_samples: int, sample_rate: int = SAMPLE_RATE
+) -> np.ndarray:
+    """
+    The frequencies (Hz) of a `timing="grid"` chirp of `num_samples` samples, one per `GRID_SAMPLES`-sample frame:
+    the equal-tempered note (A4 = 440 Hz) nearest to the exponential sweep from `start_hz` to `end_hz` at the frame's
+    centre, moved to the nearest multiple of `sample_rate / GRID_SAMPLES` ([`grid_frequency`]).
+    """
+    if not (start_hz > 0 and end_hz > 0):
+        raise ValueError(f"`start_hz` and `end_hz` must be positive, got {start_hz} and {end_hz}.")
+    if num_samples < 1:
+        raise ValueError(f"`num_samples` must be at least 1, got {num_samples}.")
+    num_frames = math.ceil(num_samples / GRID_SAMPLES)
+    centres = np.minimum((np.arange(num_frames) + 0.5) * GRID_SAMPLES, num_samples) / num_samples
+    sweep = start_hz * (end_hz / start_hz) ** centres
+    notes = 440.0 * 2.0 ** (np.round(12 * np.log2(sweep / 440.0)) / 12)
+    return np.array([grid_frequency(f, sample_rate) for f in notes])
 
 
 def chord_frequencies(root_hz: float, quality: str) -> Tuple[float, float, float]:
@@ -349,7 +385,7 @@ def _oscillator(phase_cycles: np.ndarray, waveform: str, max_frequency: float, s
     return table[index] * (1 - frac) + table[index + 1] * frac
 
 
-def _drums(num_samples: int, bpm: int, rng: np.random.Generator, sample_rate: int) -> np.ndarray:
+def _drums(num_samples: int, bpm: float, rng: np.random.Generator, sample_rate: int) -> np.ndarray:
     out = np.zeros(num_samples)
     beat = 60.0 / bpm
     hit_samples = int(1.2 * sample_rate)
@@ -380,6 +416,7 @@ def synthesize(
     phase: str = "random",
     level: str = "peak",
     tuning: str = "equal",
+    timing: str = "exact",
 ) -> np.ndarray:
     """
     Renders a clip from its attributes.
@@ -397,6 +434,10 @@ def synthesize(
         tuning (`str`, defaults to `"equal"`): oscillator frequencies of tones and chords: `"equal"` (equal
             temperament, A4 = 440 Hz) or `"grid"` (each one moved to the nearest multiple of `sample_rate / 4096` Hz,
             [`grid_frequency`]; the attributes and captions keep the nominal pitch).
+        timing (`str`, defaults to `"exact"`): time structure of drum patterns and chirps: `"exact"` (drums at the
+            `bpm` attribute, chirps a continuous exponential sweep) or `"grid"` (drums at [`grid_tempo`]: a two-beat bar
+            of whole 4096-sample frames; chirps a glissando of one grid-tuned note per 4096-sample frame,
+            [`grid_chirp_frequencies`]; the attributes and captions keep the nominal tempo and sweep).
 
     Returns:
         `np.ndarray` of shape `(2, duration x sample_rate)`, float32: the sound with a 5 ms fade-in, a 10 ms fade-out
@@ -409,6 +450,8 @@ def synthesize(
         raise ValueError(f"`level` must be one of {LEVELS}, got {level!r}.")
     if tuning not in TUNINGS:
         raise ValueError(f"`tuning` must be one of {TUNINGS}, got {tuning!r}.")
+    if timing not in TIMINGS:
+        raise ValueError(f"`timing` must be one of {TIMINGS}, got {timing!r}.")
 
     def start_phase():
         return rng.random() if phase == "random" else 0.0
@@ -430,7 +473,15 @@ def synthesize(
     elif kind == "noise":
         mono = rng.standard_normal(sound_samples)
     elif kind == "drums":
-        mono = _drums(sound_samples, attributes["bpm"], rng, sample_rate)
+        bpm = grid_tempo(attributes["bpm"], sample_rate) if timing == "grid" else attributes["bpm"]
+        mono = _drums(sound_samples, bpm, rng, sample_rate)
+    elif kind == "chirp" and timing == "grid":
+        frequencies = grid_chirp_frequencies(
+            attributes["pitch_hz"], attributes["pitch_end_hz"], sound_samples, sample_rate
+        )
+        # Whole cycles per frame: every frame starts at the same phase, so the steps join without a jump.
+        cycles = np.repeat(frequencies, GRID_SAMPLES)[:sound_samples] / sample_rate
+        mono = np.sin(2 * np.pi * (np.cumsum(cycles) - cycles + start_phase()))
     elif kind == "chirp":
         f_start, f_end = attributes["pitch_hz"], attributes["pitch_end_hz"]
         length = max(sound_samples / sample_rate, 1e-3)
@@ -474,6 +525,7 @@ def synthetic_example(
     phase: str = "random",
     level: str = "peak",
     tuning: str = "equal",
+    timing: str = "exact",
 ) -> Dict:
     """
     Example `index` of a split: `{"file_name", "text", "attributes", "audio"}` (`audio` `(2, samples)` float32, or
@@ -491,6 +543,7 @@ def synthetic_example(
         phase (`str`, defaults to `"random"`): oscillator start phases, `"random"` or `"zero"` (see [`synthesize`]).
         level (`str`, defaults to `"peak"`): what the loudness sets, `"peak"` or `"rms"` (see [`synthesize`]).
         tuning (`str`, defaults to `"equal"`): oscillator tuning, `"equal"` or `"grid"` (see [`synthesize`]).
+        timing (`str`, defaults to `"exact"`): drum tempo and chirp sweep, `"exact"` or `"grid"` (see [`synthesize`]).
     """
     if split not in SPLITS:
         raise ValueError(f"`split` must be one of {SPLITS}, got {split!r}.")
@@ -501,7 +554,9 @@ def synthetic_example(
     attributes = sample_attributes(rng, combinations)
     text = make_caption(attributes, rng)
     audio = (
-        synthesize(attributes, np.random.default_rng([seed, code, index, 1]), sample_rate, phase, level, tuning)
+        synthesize(
+            attributes, np.random.default_rng([seed, code, index, 1]), sample_rate, phase, level, tuning, timing
+        )
         if with_audio
         else None
     )
@@ -518,13 +573,16 @@ def synthetic_examples(
     phase: str = "random",
     level: str = "peak",
     tuning: str = "equal",
+    timing: str = "exact",
 ) -> List[Dict]:
     """Examples `0 .. num_examples - 1` of a split (see [`synthetic_example`])."""
     if num_examples < 0:
         raise ValueError(f"`num_examples` must be non-negative, got {num_examples}.")
     combinations = split_combinations(split, split_seed)
     return [
-        synthetic_example(i, seed, split, split_seed, sample_rate, with_audio, combinations, phase, level, tuning)
+        synthetic_example(
+            i, seed, split, split_seed, sample_rate, with_audio, combinations, phase, level, tuning, timing
+        )
         for i in range(num_examples)
     ]
 
@@ -540,13 +598,14 @@ def write_synthetic_dataset(
     phase: str = "random",
     level: str = "peak",
     tuning: str = "equal",
+    timing: str = "exact",
 ) -> List[Dict]:
     """
     Writes a data set folder: `<file_name>.wav` (stereo, `subtype` `"PCM_16"` or `"FLOAT"`) with `<file_name>.txt`
     (the caption) beside each, and `metadata.jsonl` with one row per clip: `file_name`, `text` and every attribute
     (see [`ATTRIBUTE_NAMES`]). The folder reads with `CaptionedAudioDataset`. `phase` is the oscillators' start phase,
-    `level` what the loudness sets and `tuning` the oscillators' tuning (see [`synthesize`]). Returns the metadata
-    rows.
+    `level` what the loudness sets, `tuning` the oscillators' tuning and `timing` the drums' tempo and the chirps' sweep
+    (see [`synthesize`]). Returns the metadata rows.
     """
     if subtype not in ("PCM_16", "FLOAT"):
         raise ValueError(f"`subtype` must be 'PCM_16' or 'FLOAT', got {subtype!r}.")
@@ -556,12 +615,14 @@ def write_synthetic_dataset(
         raise ValueError(f"`level` must be one of {LEVELS}, got {level!r}.")
     if tuning not in TUNINGS:
         raise ValueError(f"`tuning` must be one of {TUNINGS}, got {tuning!r}.")
+    if timing not in TIMINGS:
+        raise ValueError(f"`timing` must be one of {TIMINGS}, got {timing!r}.")
     os.makedirs(output_dir, exist_ok=True)
     combinations = split_combinations(split, split_seed)
     rows = []
     for index in range(num_examples):
         example = synthetic_example(
-            index, seed, split, split_seed, sample_rate, True, combinations, phase, level, tuning
+            index, seed, split, split_seed, sample_rate, True, combinations, phase, level, tuning, timing
         )
         path = os.path.join(output_dir, example["file_name"])
         sf.write(path, example["audio"].T, sample_rate, subtype=subtype)
