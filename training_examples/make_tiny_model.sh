@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The full recipe of the tiny Stable Audio 3 model shipped as `pipelines/sa3-tiny/` (issue 7; results: training_examples/README.md, stop 26).
+# The full recipe of the tiny Stable Audio 3 model shipped as `pipelines/sa3-tiny/` (issue 7; results: training_examples/README.md, stop 27).
 #
 #   1. synthetic train set (NUM_TRAIN clips) and held-out set (NUM_HELDOUT clips);
 #   2. word tokenizer over the caption words + tiny frozen random T5Gemma encoder + tiny SAME + tiny DiT -> `init/`;
@@ -70,8 +70,9 @@ MAX_TEXT_LENGTH=${MAX_TEXT_LENGTH:-32}
 # Step counts and batch sizes.
 # Stop 25 ran these defaults in 5,030 s of stages on a 2-core CPU, then FLOW_INIT=<that run>/base FLOW_STEPS=1500
 # FLOW_LR=1e-3 (2,282 s more); stop 26 continued that for FLOW_STEPS=5000 FLOW_LR=1e-3 FLOW_WARMUP=100
-# FLOW_LR_SCHEDULER=cosine with DISTILL_GUIDANCE=2 BASE_GUIDANCE=2 (5,442 s more): the shipped pipelines/sa3-tiny. Stop
-# 23 ran the gain-shape recipe in 4,205 s, stop 13 the earlier from-scratch SAME recipe in 7,510 s
+# FLOW_LR_SCHEDULER=cosine with DISTILL_GUIDANCE=2 BASE_GUIDANCE=2 (5,442 s more); stop 27 continued that on the
+# TIMING=grid set with SAME_FROM=pipelines/sa3-tiny/vae for the same flow settings with DISTILL_GUIDANCE=1.5
+# BASE_GUIDANCE=1.5 (5,598 s more): the shipped pipelines/sa3-tiny. Stop 23 ran the gain-shape recipe in 4,205 s, stop 13 the earlier from-scratch SAME recipe in 7,510 s
 # (training_examples/README.md has each stage).
 AE_STEPS=${AE_STEPS:-0}                 # full SAME training from the init (0: none; see README for why)
 AE_BATCH=${AE_BATCH:-8}
@@ -102,10 +103,11 @@ EMA_DECAY=${EMA_DECAY:-0.998}
 DISTILL_STEPS=${DISTILL_STEPS:-150}
 DISTILL_BATCH=${DISTILL_BATCH:-8}
 DISTILL_TEACHER_STEPS=${DISTILL_TEACHER_STEPS:-10}
-DISTILL_GUIDANCE=${DISTILL_GUIDANCE:-2}   # the teacher's CFG scale (train_distill.py's default, the official value,
-                                          # is 5; 2 was the best of 1 / 1.5 / 2 / 3 / 7 for the base model on validation
-                                          # prompts: training_examples/README, stop 26)
-BASE_GUIDANCE=${BASE_GUIDANCE:-2}         # written into base/model_index.json as its default CFG scale (empty: the
+DISTILL_GUIDANCE=${DISTILL_GUIDANCE:-1.5} # the teacher's CFG scale (train_distill.py's default, the official value,
+                                          # is 5; on validation prompts 1.5 was the best of 1.5 / 2 / 3 for the stop-27
+                                          # base model and gave a better post-trained one than 2: training_examples/
+                                          # README, stops 26 and 27)
+BASE_GUIDANCE=${BASE_GUIDANCE:-1.5}       # written into base/model_index.json as its default CFG scale (empty: the
                                           # official 7)
 ADV_STEPS=${ADV_STEPS:-100}
 ADV_BATCH=${ADV_BATCH:-8}
@@ -359,10 +361,17 @@ if trained_same:
 else:
     init = next(command for name, _, command in stages + earlier if name == "build_init")
     kind = init.split("--same_init ")[1].split()[0] if "--same_init " in init else "random"
+    swap = next((command for name, _, command in stages if name == "build_trained_same"), "")
+    vae = swap.split("--vae ")[1].split()[0] if "--vae " in swap else ""
+    if vae and os.path.normpath(vae) != os.path.normpath(os.path.join(run, "init", "vae")):
+        # SAME_FROM: an existing SAME (the one the continued DiT learned), not the one this run built from its clips.
+        fitted = (f"fitted to the training clips of the earliest run below (its build_init), taken from `{vae}` "
+                  "(`SAME_FROM`, build_trained_same below; this run's own build_init is not used)")
+    else:
+        fitted = "fitted to the training clips (build_init below)"
     same_origin = (f"The SAME is not trained: it is the data-dependent `{kind}` construction of "
-                   "`diffusers_sa3.training.tiny_components` fitted to the training clips (build_init below), in the "
-                   "official architecture; training it from scratch on a CPU budget did not reconstruct tones or "
-                   "stereo (training_examples/README).")
+                   f"`diffusers_sa3.training.tiny_components` {fitted}, in the official architecture; training it "
+                   "from scratch on a CPU budget did not reconstruct tones or stereo (training_examples/README).")
 
 
 def card(title, folder, sampling):
