@@ -72,8 +72,8 @@ MAX_TEXT_LENGTH=${MAX_TEXT_LENGTH:-32}
 # FLOW_LR=1e-3 (2,282 s more); stop 26 continued that for FLOW_STEPS=5000 FLOW_LR=1e-3 FLOW_WARMUP=100
 # FLOW_LR_SCHEDULER=cosine with DISTILL_GUIDANCE=2 BASE_GUIDANCE=2 (5,442 s more); stop 27 continued that on the
 # TIMING=grid set with SAME_FROM=pipelines/sa3-tiny/vae for the same flow settings with DISTILL_GUIDANCE=1.5
-# BASE_GUIDANCE=1.5 (5,598 s more): the shipped pipelines/sa3-tiny. Stop 23 ran the gain-shape recipe in 4,205 s, stop 13 the earlier from-scratch SAME recipe in 7,510 s
-# (training_examples/README.md has each stage).
+# BASE_GUIDANCE=1.5 (5,598 s more): the shipped pipelines/sa3-tiny. Stop 23 ran the gain-shape recipe in 4,205 s,
+# stop 13 the earlier from-scratch SAME recipe in 7,510 s (training_examples/README.md has each stage).
 AE_STEPS=${AE_STEPS:-0}                 # full SAME training from the init (0: none; see README for why)
 AE_BATCH=${AE_BATCH:-8}
 AE_LR=${AE_LR:-1e-3}
@@ -123,17 +123,19 @@ if [[ "$SAME_INIT" == gain_shape || "$SAME_INIT" == spectral ]] && ((AE_STEPS > 
         "SAME." >&2
     exit 2
 fi
-if [[ -n "$SAME_FROM" ]] && ((AE_STEPS > 0 || DEC_STEPS > 0)); then
-    echo "[make_tiny_model] SAME_FROM=$SAME_FROM takes an existing SAME; AE_STEPS and DEC_STEPS must then be 0, got" \
-        "$AE_STEPS and $DEC_STEPS." >&2
-    exit 2
+if [[ -n "$SAME_FROM" ]]; then
+    if ((AE_STEPS > 0 || DEC_STEPS > 0)); then
+        echo "[make_tiny_model] SAME_FROM=$SAME_FROM takes an existing SAME; AE_STEPS and DEC_STEPS must then be 0," \
+            "got $AE_STEPS and $DEC_STEPS." >&2
+        exit 2
+    fi
+    if [[ ! -f "$SAME_FROM/config.json" ]]; then
+        echo "[make_tiny_model] SAME_FROM=$SAME_FROM is not a SAME folder (no config.json); give a pipeline's vae/" \
+            "folder, e.g. pipelines/sa3-tiny/vae." >&2
+        exit 2
+    fi
+    SAME_FROM=$(cd "$SAME_FROM" && pwd)   # the stages run from the repository root
 fi
-if [[ -n "$SAME_FROM" && ! -f "$SAME_FROM/config.json" ]]; then
-    echo "[make_tiny_model] SAME_FROM=$SAME_FROM is not a SAME folder (no config.json); give a pipeline's vae/" \
-        "folder, e.g. pipelines/sa3-tiny/vae." >&2
-    exit 2
-fi
-[[ -n "$SAME_FROM" ]] && SAME_FROM=$(cd "$SAME_FROM" && pwd)   # the stages run from the repository root
 # Every `stage NAME ...` call of this file, in order.
 mapfile -t STAGE_NAMES < <(sed -nE 's/^ *stage ([a-z_]+) .*/\1/p' "${BASH_SOURCE[0]}")
 if [[ -n "$STOP_AFTER" && " ${STAGE_NAMES[*]} " != *" $STOP_AFTER "* ]]; then
