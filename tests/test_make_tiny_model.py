@@ -1,5 +1,6 @@
 """Tests of `training_examples/make_tiny_model.sh`'s stage control (the stages themselves are tested elsewhere)."""
 
+import json
 import os
 import subprocess
 import sys
@@ -75,4 +76,33 @@ def test_same_from_replaces_the_built_same_and_the_set_has_grid_timing(tmp_path)
 def test_same_from_is_checked_before_anything_is_written(tmp_path, settings, message):
     result = _run(tmp_path / "run", **settings)
     assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_type_weights_reach_the_train_set_only(tmp_path):
+    run_dir = tmp_path / "run"
+    result = _run(
+        run_dir, TYPE_WEIGHTS="drums=1 tone=0 chord=0 noise=0 chirp=0", NUM_TRAIN="6", STOP_AFTER="data_heldout"
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    with open(run_dir / "stages.tsv") as f:
+        commands = dict(line.rstrip("\n").split("\t")[::2] for line in f)
+    assert "--type_weights drums=1 tone=0 chord=0 noise=0 chirp=0" in commands["data_train"]
+    assert "--type_weights" not in commands["data_heldout"]
+    with open(run_dir / "data" / "train" / "metadata.jsonl") as f:
+        assert {json.loads(line)["type"] for line in f} == {"drums"}
+
+
+@pytest.mark.parametrize(
+    "type_weights, message",
+    [
+        ("drums=0.5 snare=1", "unknown sound type 'snare'"),
+        ("drums", "entry 'drums' is not TYPE=WEIGHT"),
+        ("drums=-1", "must be a finite number >= 0, got -1.0"),
+    ],
+)
+def test_bad_type_weights_fail_before_anything_is_written(tmp_path, type_weights, message):
+    result = _run(tmp_path / "run", TYPE_WEIGHTS=type_weights)
+    assert result.returncode == 2
+    assert f'TYPE_WEIGHTS="{type_weights}"' in result.stderr and message in result.stderr, result.stderr
     assert not (tmp_path / "run").exists()

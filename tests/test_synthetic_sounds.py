@@ -13,6 +13,7 @@ import soundfile as sf
 from diffusers_sa3.training.audio_metrics import LABELS, classify_sound, score_clip, summarize_scores
 from diffusers_sa3.training.synthetic_sounds import (
     ATTRIBUTE_NAMES,
+    DEFAULT_TYPE_WEIGHTS,
     GRID_SAMPLES,
     NOTES,
     SOUND_TYPES,
@@ -29,6 +30,7 @@ from diffusers_sa3.training.synthetic_sounds import (
     split_combinations,
     synthesize,
     synthetic_examples,
+    type_weights_array,
     write_synthetic_dataset,
 )
 from utils import MEDIUM_BASE_CKPT, SMALL_CKPT
@@ -473,3 +475,77 @@ def test_grid_timing_puts_drum_bars_and_chirp_steps_on_4096_sample_frames(tmp_pa
     script = _load_script("evaluate")
     assert script.parse_args(["--timing", "grid"]).timing == "grid"
     assert _load_script("synthetic_sounds").parse_args(["--output_dir", "x", "--timing", "grid"]).timing == "grid"
+
+
+def test_type_weights_change_the_mix_of_sound_types_and_nothing_else(tmp_path):
+    weights = {"drums": 0.35, "chirp": 0.35, "tone": 0.15, "chord": 0.075, "noise": 0.075}
+    default = synthetic_examples(600, seed=3, with_audio=False)
+    weighted = synthetic_examples(600, seed=3, with_audio=False, type_weights=weights)
+    # The mix follows the weights (binomial standard deviation about 2 percentage points at 600 clips).
+    for examples, expected in ((default, DEFAULT_TYPE_WEIGHTS), (weighted, weights)):
+        for kind in SOUND_TYPES:
+            share = np.mean([e["attributes"]["type"] == kind for e in examples])
+            assert abs(share - expected[kind]) < 0.06, (kind, share, expected[kind])
+    # A partial dict overrides only its entries; weight 0 never draws that type.
+    only = synthetic_examples(200, seed=3, with_audio=False, type_weights={"tone": 0, "chord": 0, "noise": 0})
+    assert {e["attributes"]["type"] for e in only} == {"drums", "chirp"}
+    # Clips of one type are drawn from the same train combinations as without weights (nothing held out leaks in).
+    train = split_combinations("train")
+    assert all(combination_key(e["attributes"]) in train[e["attributes"]["type"]] for e in weighted)
+    # Explicitly giving the default weights reproduces the default set byte for byte.
+    first = write_synthetic_dataset(str(tmp_path / "a"), 4, seed=5)
+    second = write_synthetic_dataset(str(tmp_path / "b"), 4, seed=5, type_weights=dict(DEFAULT_TYPE_WEIGHTS))
+    assert first == second
+    names = sorted(os.listdir(tmp_path / "a"))
+    match, mismatch, errors = filecmp.cmpfiles(tmp_path / "a", tmp_path / "b", names, shallow=False)
+    assert match == names, (mismatch, errors)
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"drum": 1.0}, "unknown sound type 'drum'"),
+        ({"drums": -1.0}, r"type_weights\['drums'\]` must be a finite number >= 0, got -1.0"),
+        ({"drums": float("nan")}, r"type_weights\['drums'\]` must be a finite number"),
+        ({"drums": True}, r"type_weights\['drums'\]` must be a finite number"),
+        (dict.fromkeys(SOUND_TYPES, 0.0), "every sound type weight 0"),
+    ],
+)
+def test_bad_type_weights_raise_before_anything_is_written(tmp_path, bad, message):
+    with pytest.raises(ValueError, match=message):
+        type_weights_array(bad)
+    with pytest.raises(ValueError, match=message):
+        write_synthetic_dataset(str(tmp_path / "out"), 2, type_weights=bad)
+    assert not (tmp_path / "out").exists()
+
+
+def test_synthetic_sounds_cli_type_weights(tmp_path, capsys):
+    script = _load_script("synthetic_sounds")
+    args = script.parse_args(
+        [
+            "--output_dir",
+            str(tmp_path / "set"),
+            "--num_examples",
+            "30",
+            "--type_weights",
+            "drums=1",
+            "chirp=0.0",
+            "tone=0",
+            "chord=0",
+            "noise=0",
+        ]
+    )
+    assert args.type_weights == {"drums": 1.0, "chirp": 0.0, "tone": 0.0, "chord": 0.0, "noise": 0.0}
+    rows = script.main(args)
+    assert {row["type"] for row in rows} == {"drums"}
+    for bad, named in (
+        (["drums"], "'drums'"),
+        (["drums=fast"], "'drums=fast'"),
+        (["snare=1"], "'snare'"),
+        (["drums=-2"], "-2.0"),
+    ):
+        with pytest.raises(SystemExit):
+            script.parse_args(["--output_dir", str(tmp_path / "bad"), "--type_weights", *bad])
+        error = capsys.readouterr().err
+        assert "type_weights" in error and named in error, error
+    assert not (tmp_path / "bad").exists()

@@ -43,6 +43,9 @@ TIMING=${TIMING:-grid}                 # drums and chirps: exact (the captioned 
                                        # two-beat drum bar of whole 4096-sample frames, at most 2.6 % off the captioned
                                        # BPM; a chirp as one grid-tuned note per frame): both then repeat or step
                                        # exactly in the latent frames (training_examples/README, stop 27)
+TYPE_WEIGHTS=${TYPE_WEIGHTS:-}         # the train set's sound-type frequencies in place of synthetic_sounds' defaults,
+                                       # e.g. "drums=0.35 chirp=0.35 tone=0.15 chord=0.075 noise=0.075" (the held-out
+                                       # set and the evaluation keep the defaults)
 # Model sizes (see diffusers_sa3.training.tiny_components).
 TEXT_WIDTH=${TEXT_WIDTH:-64}
 LATENT_CHANNELS=${LATENT_CHANNELS:-64}
@@ -136,6 +139,24 @@ if [[ -n "$SAME_FROM" ]]; then
     fi
     SAME_FROM=$(cd "$SAME_FROM" && pwd)   # the stages run from the repository root
 fi
+TYPE_WEIGHT_ARGS=()
+if [[ -n "$TYPE_WEIGHTS" ]]; then
+    read -r -a TYPE_WEIGHT_ARGS <<<"--type_weights $TYPE_WEIGHTS"
+    # Checked here with synthetic_sounds.py's own parser, so that a typo fails before anything is written.
+    if ! error=$(python -c '
+import importlib.util, sys
+spec = importlib.util.spec_from_file_location("synthetic_sounds", sys.argv[1])
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+try:
+    module.parse_type_weights(sys.argv[2:])
+except ValueError as error:
+    sys.exit(str(error))
+' "$(dirname "$0")/synthetic_sounds.py" "${TYPE_WEIGHT_ARGS[@]:1}" 2>&1); then
+        echo "[make_tiny_model] TYPE_WEIGHTS=\"$TYPE_WEIGHTS\": $error" >&2
+        exit 2
+    fi
+fi
 # Every `stage NAME ...` call of this file, in order.
 mapfile -t STAGE_NAMES < <(sed -nE 's/^ *stage ([a-z_]+) .*/\1/p' "${BASH_SOURCE[0]}")
 if [[ -n "$STOP_AFTER" && " ${STAGE_NAMES[*]} " != *" $STOP_AFTER "* ]]; then
@@ -184,7 +205,7 @@ stop_if_last() {
 # ----------------------------------------------------------------------------------------------- 1. data
 stage data_train python training_examples/synthetic_sounds.py --output_dir "$RUN_DIR/data/train" \
     --num_examples "$NUM_TRAIN" --split train --seed "$SEED" --phase "$PHASE" --level "$LEVEL" --tuning "$TUNING" \
-    --timing "$TIMING"
+    --timing "$TIMING" "${TYPE_WEIGHT_ARGS[@]}"
 stage data_heldout python training_examples/synthetic_sounds.py --output_dir "$RUN_DIR/data/heldout" \
     --num_examples "$NUM_HELDOUT" --split heldout --seed "$((SEED + 1))" --phase "$PHASE" --level "$LEVEL" \
     --tuning "$TUNING" --timing "$TIMING"

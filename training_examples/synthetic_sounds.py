@@ -15,6 +15,7 @@ import argparse
 import collections
 
 from diffusers_sa3.training.synthetic_sounds import (
+    DEFAULT_TYPE_WEIGHTS,
     LEVELS,
     PHASES,
     SAMPLE_RATE,
@@ -22,8 +23,26 @@ from diffusers_sa3.training.synthetic_sounds import (
     TIMINGS,
     TUNINGS,
     caption_vocabulary,
+    type_weights_array,
     write_synthetic_dataset,
 )
+
+
+def parse_type_weights(values):
+    """`["drums=0.35", "chirp=0.35"]` -> `{"drums": 0.35, "chirp": 0.35}` (ValueError naming a malformed entry)."""
+    weights = {}
+    for value in values or []:
+        kind, sep, number = value.partition("=")
+        try:
+            if not sep:
+                raise ValueError
+            weights[kind] = float(number)
+        except ValueError:
+            raise ValueError(
+                f"`--type_weights` entry {value!r} is not TYPE=WEIGHT; write e.g. drums=0.35 (a type and a number)."
+            ) from None
+    type_weights_array(weights)
+    return weights
 
 
 def parse_args(input_args=None):
@@ -62,6 +81,15 @@ def parse_args(input_args=None):
         "grid-tuned note per 4096-sample frame), so that both repeat or step exactly in the latent frames.",
     )
     parser.add_argument(
+        "--type_weights",
+        nargs="+",
+        default=None,
+        metavar="TYPE=WEIGHT",
+        help="Relative frequencies of sound types in place of the defaults ("
+        + ", ".join(f"{k}={v:g}" for k, v in DEFAULT_TYPE_WEIGHTS.items())
+        + "), e.g. drums=0.35 chirp=0.35.",
+    )
+    parser.add_argument(
         "--tuning",
         choices=TUNINGS,
         default="equal",
@@ -71,6 +99,10 @@ def parse_args(input_args=None):
     args = parser.parse_args(input_args)
     if args.num_examples <= 0:
         parser.error(f"`--num_examples` must be positive, got {args.num_examples}.")
+    try:
+        args.type_weights = parse_type_weights(args.type_weights)
+    except ValueError as error:
+        parser.error(str(error))
     return args
 
 
@@ -87,6 +119,7 @@ def main(args):
         level=args.level,
         tuning=args.tuning,
         timing=args.timing,
+        type_weights=args.type_weights,
     )
     counts = collections.Counter(row["type"] for row in rows)
     seconds = sum(row["duration"] for row in rows)

@@ -78,7 +78,7 @@ ATTRIBUTE_NAMES = (
     "seconds_total",
 )
 
-_TYPE_WEIGHTS = {"tone": 0.3, "chord": 0.15, "noise": 0.15, "drums": 0.2, "chirp": 0.2}
+DEFAULT_TYPE_WEIGHTS = {"tone": 0.3, "chord": 0.15, "noise": 0.15, "drums": 0.2, "chirp": 0.2}
 _PEAK = {"quiet": 0.1, "loud": 0.8}
 # `level="rms"`: the louder channel's RMS over the sound, in dBFS, and the highest peak it may reach.
 RMS_DBFS = {"quiet": -26.0, "loud": -16.0}
@@ -238,13 +238,42 @@ def split_combinations(split: str, split_seed: int = 0, heldout_fraction: float 
     return {kind: [c for c in _all_combinations(kind) if c not in set(heldout[kind])] for kind in SOUND_TYPES}
 
 
-def sample_attributes(rng: np.random.Generator, combinations: Dict[str, List[Tuple]]) -> Dict:
+def type_weights_array(type_weights: Optional[Dict[str, float]] = None) -> np.ndarray:
+    """
+    The relative frequencies of [`SOUND_TYPES`] (in that order) as an array: [`DEFAULT_TYPE_WEIGHTS`] with the entries
+    of `type_weights` in place of theirs. Raises `ValueError` on an unknown type, a negative or non-finite weight, or
+    all-zero weights.
+    """
+    weights = dict(DEFAULT_TYPE_WEIGHTS)
+    for kind, weight in (type_weights or {}).items():
+        if kind not in SOUND_TYPES:
+            raise ValueError(
+                f"`type_weights` has an unknown sound type {kind!r} (weight {weight!r}); use one of {SOUND_TYPES}."
+            )
+        if isinstance(weight, bool) or not (
+            isinstance(weight, (int, float)) and math.isfinite(weight) and weight >= 0
+        ):
+            raise ValueError(
+                f"`type_weights[{kind!r}]` must be a finite number >= 0, got {weight!r}; give a relative frequency."
+            )
+        weights[kind] = float(weight)
+    array = np.array([weights[k] for k in SOUND_TYPES], dtype=np.float64)
+    if array.sum() <= 0:
+        raise ValueError(f"`type_weights` gives every sound type weight 0 ({weights}); give one a positive weight.")
+    return array
+
+
+def sample_attributes(
+    rng: np.random.Generator, combinations: Dict[str, List[Tuple]], type_weights: Optional[Dict[str, float]] = None
+) -> Dict:
     """
     Draws the attributes of one clip whose [`combination_key`] is one of `combinations` (from
     [`split_combinations`]). Missing attributes are `None`; `duration` and `sound_end_seconds` are whole seconds.
+    `type_weights` (sound type -> relative frequency) overrides entries of [`DEFAULT_TYPE_WEIGHTS`]; the draws use the
+    same random numbers whatever the weights, so only the type drawn (and what follows from it) changes.
     """
     kinds = list(SOUND_TYPES)
-    weights = np.array([_TYPE_WEIGHTS[k] for k in kinds])
+    weights = type_weights_array(type_weights)
     kind = kinds[rng.choice(len(kinds), p=weights / weights.sum())]
     options = combinations[kind]
     key = options[rng.integers(len(options))]
@@ -526,6 +555,7 @@ def synthetic_example(
     level: str = "peak",
     tuning: str = "equal",
     timing: str = "exact",
+    type_weights: Optional[Dict[str, float]] = None,
 ) -> Dict:
     """
     Example `index` of a split: `{"file_name", "text", "attributes", "audio"}` (`audio` `(2, samples)` float32, or
@@ -544,6 +574,7 @@ def synthetic_example(
         level (`str`, defaults to `"peak"`): what the loudness sets, `"peak"` or `"rms"` (see [`synthesize`]).
         tuning (`str`, defaults to `"equal"`): oscillator tuning, `"equal"` or `"grid"` (see [`synthesize`]).
         timing (`str`, defaults to `"exact"`): drum tempo and chirp sweep, `"exact"` or `"grid"` (see [`synthesize`]).
+        type_weights (`dict`, *optional*): relative frequencies of the sound types (see [`sample_attributes`]).
     """
     if split not in SPLITS:
         raise ValueError(f"`split` must be one of {SPLITS}, got {split!r}.")
@@ -551,7 +582,7 @@ def synthetic_example(
         combinations = split_combinations(split, split_seed)
     code = SPLITS.index(split)
     rng = np.random.default_rng([seed, code, index])
-    attributes = sample_attributes(rng, combinations)
+    attributes = sample_attributes(rng, combinations, type_weights)
     text = make_caption(attributes, rng)
     audio = (
         synthesize(
@@ -574,14 +605,27 @@ def synthetic_examples(
     level: str = "peak",
     tuning: str = "equal",
     timing: str = "exact",
+    type_weights: Optional[Dict[str, float]] = None,
 ) -> List[Dict]:
     """Examples `0 .. num_examples - 1` of a split (see [`synthetic_example`])."""
     if num_examples < 0:
         raise ValueError(f"`num_examples` must be non-negative, got {num_examples}.")
+    type_weights_array(type_weights)
     combinations = split_combinations(split, split_seed)
     return [
         synthetic_example(
-            i, seed, split, split_seed, sample_rate, with_audio, combinations, phase, level, tuning, timing
+            i,
+            seed,
+            split,
+            split_seed,
+            sample_rate,
+            with_audio,
+            combinations,
+            phase,
+            level,
+            tuning,
+            timing,
+            type_weights,
         )
         for i in range(num_examples)
     ]
@@ -599,13 +643,15 @@ def write_synthetic_dataset(
     level: str = "peak",
     tuning: str = "equal",
     timing: str = "exact",
+    type_weights: Optional[Dict[str, float]] = None,
 ) -> List[Dict]:
     """
     Writes a data set folder: `<file_name>.wav` (stereo, `subtype` `"PCM_16"` or `"FLOAT"`) with `<file_name>.txt`
     (the caption) beside each, and `metadata.jsonl` with one row per clip: `file_name`, `text` and every attribute
     (see [`ATTRIBUTE_NAMES`]). The folder reads with `CaptionedAudioDataset`. `phase` is the oscillators' start phase,
     `level` what the loudness sets, `tuning` the oscillators' tuning and `timing` the drums' tempo and the chirps' sweep
-    (see [`synthesize`]). Returns the metadata rows.
+    (see [`synthesize`]); `type_weights` the sound types' relative frequencies (see [`sample_attributes`]). Returns
+    the metadata rows.
     """
     if subtype not in ("PCM_16", "FLOAT"):
         raise ValueError(f"`subtype` must be 'PCM_16' or 'FLOAT', got {subtype!r}.")
@@ -617,12 +663,13 @@ def write_synthetic_dataset(
         raise ValueError(f"`tuning` must be one of {TUNINGS}, got {tuning!r}.")
     if timing not in TIMINGS:
         raise ValueError(f"`timing` must be one of {TIMINGS}, got {timing!r}.")
+    type_weights_array(type_weights)
     os.makedirs(output_dir, exist_ok=True)
     combinations = split_combinations(split, split_seed)
     rows = []
     for index in range(num_examples):
         example = synthetic_example(
-            index, seed, split, split_seed, sample_rate, True, combinations, phase, level, tuning, timing
+            index, seed, split, split_seed, sample_rate, True, combinations, phase, level, tuning, timing, type_weights
         )
         path = os.path.join(output_dir, example["file_name"])
         sf.write(path, example["audio"].T, sample_rate, subtype=subtype)
