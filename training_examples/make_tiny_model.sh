@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The full recipe of the tiny Stable Audio 3 model shipped as `pipelines/sa3-tiny/` (issue 7; results: training_examples/README.md, stop 27).
+# The full recipe of the tiny Stable Audio 3 model shipped as `pipelines/sa3-tiny/` (issue 7; results: training_examples/README.md, stop 28).
 #
 #   1. synthetic train set (NUM_TRAIN clips) and held-out set (NUM_HELDOUT clips);
 #   2. word tokenizer over the caption words + tiny frozen random T5Gemma encoder + tiny SAME + tiny DiT -> `init/`;
@@ -75,7 +75,8 @@ MAX_TEXT_LENGTH=${MAX_TEXT_LENGTH:-32}
 # FLOW_LR=1e-3 (2,282 s more); stop 26 continued that for FLOW_STEPS=5000 FLOW_LR=1e-3 FLOW_WARMUP=100
 # FLOW_LR_SCHEDULER=cosine with DISTILL_GUIDANCE=2 BASE_GUIDANCE=2 (5,442 s more); stop 27 continued that on the
 # TIMING=grid set with SAME_FROM=pipelines/sa3-tiny/vae for the same flow settings with DISTILL_GUIDANCE=1.5
-# BASE_GUIDANCE=1.5 (5,598 s more): the shipped pipelines/sa3-tiny. Stop 23 ran the gain-shape recipe in 4,205 s,
+# BASE_GUIDANCE=1.5 (5,598 s more); stop 28 continued that for FLOW_STEPS=6000 with FLOW_SAMPLER=log_snr and
+# TYPE_WEIGHTS="drums=0.35 chirp=0.35 tone=0.15 chord=0.075 noise=0.075" (5,684 s more): the shipped pipelines/sa3-tiny. Stop 23 ran the gain-shape recipe in 4,205 s,
 # stop 13 the earlier from-scratch SAME recipe in 7,510 s (training_examples/README.md has each stage).
 AE_STEPS=${AE_STEPS:-0}                 # full SAME training from the init (0: none; see README for why)
 AE_BATCH=${AE_BATCH:-8}
@@ -101,7 +102,8 @@ FLOW_LR_SCHEDULER=${FLOW_LR_SCHEDULER:-constant_with_warmup}  # a diffusers `get
                                                               # at FLOW_STEPS)
 FLOW_SAMPLER=${FLOW_SAMPLER:-uniform}    # training noise levels: the official wrapper's default; the LoRA script's
                                          # trunc_logit_normal puts 1 % of them below t = 0.15, where quiet clips are
-                                         # decided (training_examples/README, stop 19)
+                                         # decided (training_examples/README, stop 19); log_snr (57 % above t = 0.8)
+                                         # with TYPE_WEIGHTS taught a continued DiT the drums' beat (stop 28)
 EMA_DECAY=${EMA_DECAY:-0.998}
 DISTILL_STEPS=${DISTILL_STEPS:-150}
 DISTILL_BATCH=${DISTILL_BATCH:-8}
