@@ -34,6 +34,7 @@ the same whatever else is generated, and the same seed gives the same bytes.
 
 import json
 import math
+import numbers
 import os
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
@@ -251,7 +252,7 @@ def type_weights_array(type_weights: Optional[Dict[str, float]] = None) -> np.nd
                 f"`type_weights` has an unknown sound type {kind!r} (weight {weight!r}); use one of {SOUND_TYPES}."
             )
         if isinstance(weight, bool) or not (
-            isinstance(weight, (int, float)) and math.isfinite(weight) and weight >= 0
+            isinstance(weight, numbers.Real) and math.isfinite(weight) and weight >= 0
         ):
             raise ValueError(
                 f"`type_weights[{kind!r}]` must be a finite number >= 0, got {weight!r}; give a relative frequency."
