@@ -76,8 +76,9 @@ MAX_TEXT_LENGTH=${MAX_TEXT_LENGTH:-32}
 # FLOW_LR_SCHEDULER=cosine with DISTILL_GUIDANCE=2 BASE_GUIDANCE=2 (5,442 s more); stop 27 continued that on the
 # TIMING=grid set with SAME_FROM=pipelines/sa3-tiny/vae for the same flow settings with DISTILL_GUIDANCE=1.5
 # BASE_GUIDANCE=1.5 (5,598 s more); stop 28 continued that for FLOW_STEPS=6000 with FLOW_SAMPLER=log_snr and
-# TYPE_WEIGHTS="drums=0.35 chirp=0.35 tone=0.15 chord=0.075 noise=0.075" (5,684 s more): the shipped pipelines/sa3-tiny. Stop 23 ran the gain-shape recipe in 4,205 s,
-# stop 13 the earlier from-scratch SAME recipe in 7,510 s (training_examples/README.md has each stage).
+# TYPE_WEIGHTS="drums=0.35 chirp=0.35 tone=0.15 chord=0.075 noise=0.075" (5,684 s more): the shipped
+# pipelines/sa3-tiny. Stop 23 ran the gain-shape recipe in 4,205 s, stop 13 the earlier from-scratch SAME recipe in
+# 7,510 s (training_examples/README.md has each stage).
 AE_STEPS=${AE_STEPS:-0}                 # full SAME training from the init (0: none; see README for why)
 AE_BATCH=${AE_BATCH:-8}
 AE_LR=${AE_LR:-1e-3}
@@ -144,17 +145,12 @@ fi
 TYPE_WEIGHT_ARGS=()
 if [[ -n "$TYPE_WEIGHTS" ]]; then
     read -r -a TYPE_WEIGHT_ARGS <<<"--type_weights $TYPE_WEIGHTS"
-    # Checked here with synthetic_sounds.py's own parser, so that a typo fails before anything is written.
-    if ! error=$(python -c '
-import importlib.util, sys
-spec = importlib.util.spec_from_file_location("synthetic_sounds", sys.argv[1])
-module = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(module)
+    # Checked here with the parser synthetic_sounds.py uses (parse_type_weights), so that a typo fails before anything is written.
+    if ! error=$(python -c 'import sys; from diffusers_sa3.training.synthetic_sounds import parse_type_weights as p
 try:
-    module.parse_type_weights(sys.argv[2:])
+    p(sys.argv[1:])
 except ValueError as error:
-    sys.exit(str(error))
-' "$(dirname "$0")/synthetic_sounds.py" "${TYPE_WEIGHT_ARGS[@]:1}" 2>&1); then
+    sys.exit(str(error))' "${TYPE_WEIGHT_ARGS[@]:1}" 2>&1); then
         echo "[make_tiny_model] TYPE_WEIGHTS=\"$TYPE_WEIGHTS\": $error" >&2
         exit 2
     fi

@@ -23,26 +23,9 @@ from diffusers_sa3.training.synthetic_sounds import (
     TIMINGS,
     TUNINGS,
     caption_vocabulary,
-    type_weights_array,
+    parse_type_weights,
     write_synthetic_dataset,
 )
-
-
-def parse_type_weights(values):
-    """`["drums=0.35", "chirp=0.35"]` -> `{"drums": 0.35, "chirp": 0.35}` (ValueError naming a malformed entry)."""
-    weights = {}
-    for value in values or []:
-        kind, sep, number = value.partition("=")
-        try:
-            if not sep:
-                raise ValueError
-            weights[kind] = float(number)
-        except ValueError:
-            raise ValueError(
-                f"`--type_weights` entry {value!r} is not TYPE=WEIGHT; write e.g. drums=0.35 (a type and a number)."
-            ) from None
-    type_weights_array(weights)
-    return weights
 
 
 def parse_args(input_args=None):

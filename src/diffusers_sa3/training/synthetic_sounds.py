@@ -264,6 +264,27 @@ def type_weights_array(type_weights: Optional[Dict[str, float]] = None) -> np.nd
     return array
 
 
+def parse_type_weights(entries: Optional[Sequence[str]]) -> Dict[str, float]:
+    """
+    `["drums=0.35", "chirp=0.35"]` (the `--type_weights` / `TYPE_WEIGHTS` form) -> `{"drums": 0.35, "chirp": 0.35}`,
+    checked with [`type_weights_array`]. Raises `ValueError` naming an entry that is not `TYPE=WEIGHT`.
+    """
+    weights = {}
+    for entry in entries or []:
+        kind, sep, number = entry.partition("=")
+        try:
+            weight = float(number)
+        except ValueError:
+            weight = None
+        if not sep or weight is None:
+            raise ValueError(
+                f"`type_weights` entry {entry!r} is not TYPE=WEIGHT; write e.g. drums=0.35 (a type and a number)."
+            )
+        weights[kind] = weight
+    type_weights_array(weights)
+    return weights
+
+
 def sample_attributes(
     rng: np.random.Generator, combinations: Dict[str, List[Tuple]], type_weights: Optional[Dict[str, float]] = None
 ) -> Dict:
