@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -230,6 +231,43 @@ def test_cli_init_and_swap_vae(tmp_path):
     assert index.read_bytes() == written
     with pytest.raises(SystemExit, match="not a pipeline folder: it has no model_index.json"):
         main(["set-guidance", "--pipeline", str(tmp_path / "vae"), "--default_guidance_scale", "2"])
+
+
+def test_cli_replace_decoder(tmp_path, tokenizer):
+    # replace-decoder: a decoder fine-tune of the pipeline's SAME goes in, in place;
+    # a SAME whose encoder or bottleneck weights differ (other latents) is refused and the folder is left as it was.
+    from diffusers_sa3.training.tiny_components import main
+
+    folder = tmp_path / "pipe"
+    same = build_tiny_same(num_layers=1, seed=7)
+    transformer = build_tiny_transformer(num_layers=1, seed=3)
+    assemble_pipeline(same, transformer, build_tiny_text_encoder(len(tokenizer)), tokenizer).save_pretrained(folder)
+    weights = folder / "vae" / "diffusion_pytorch_model.safetensors"
+    original = weights.read_bytes()
+
+    tuned = build_tiny_same(num_layers=1, seed=7)
+    with torch.no_grad():
+        tuned.decoder.conv_out.bias.add_(0.5)
+    tuned.save_pretrained(tmp_path / "tuned")
+    other = build_tiny_same(num_layers=1, seed=8)
+    other.save_pretrained(tmp_path / "other")
+
+    with pytest.raises(SystemExit, match=r"--vae: .*changes weights outside the decoder.*encoder\."):
+        main(["replace-decoder", "--pipeline", str(folder), "--vae", str(tmp_path / "other")])
+    assert weights.read_bytes() == original
+    with pytest.raises(SystemExit, match="has no SAME"):
+        main(["replace-decoder", "--pipeline", str(folder), "--vae", str(tmp_path)])
+    assert weights.read_bytes() == original
+
+    main(["replace-decoder", "--pipeline", str(folder), "--vae", str(tmp_path / "tuned")])
+    replaced = StableAudio3Pipeline.from_pretrained(folder)
+    expected = tuned.state_dict()
+    assert all(torch.equal(v, expected[k]) for k, v in replaced.vae.state_dict().items())
+    assert not torch.equal(replaced.vae.decoder.conv_out.bias, same.decoder.conv_out.bias)
+    assert all(torch.equal(v, transformer.state_dict()[k]) for k, v in replaced.transformer.state_dict().items())
+    assert sorted(os.listdir(folder)) == sorted(
+        ["model_index.json", "scheduler", "text_encoder", "tokenizer", "transformer", "vae"]
+    )
 
 
 def test_tiny_same_with_small_patches_keeps_the_released_frame_rate(tmp_path):

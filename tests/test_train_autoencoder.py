@@ -141,6 +141,30 @@ def test_audio_folder_dataset(workspace, caplog):
         AudioFolderDataset([os.path.join(workspace["data"], "broken.wav")])
 
 
+def test_aligned_crops(workspace):
+    # Offsets a multiple of `crop_multiple`: each crop equals the file's audio from a multiple of 2048 (files of 22050
+    # samples, segments of 4096: offsets 0, 2048, ..., 16384), and the offsets differ over epochs. The two 44.1 kHz
+    # files: no resampling, so the crop is exactly a slice of the file.
+    files = [path for path in workspace["files"] if path.endswith(("a.wav", "d.wav"))]
+    dataset = AudioFolderDataset(files, segment_samples=4096, seed=0, crop_multiple=2048)
+    offsets = set()
+    for epoch in range(6):
+        dataset.set_epoch(epoch)
+        for index, path in enumerate(dataset.paths):
+            crop, full = dataset[index]["audio"], load_audio(path)
+            matches = [o for o in range(0, 22050 - 4096 + 1) if torch.equal(full[:, o : o + 4096], crop)]
+            assert matches and all(o % 2048 == 0 for o in matches), (epoch, index, matches)
+            offsets.add(matches[0])
+    assert len(offsets) > 2
+    # Unaligned crops (the default) take offsets off the grid.
+    plain = AudioFolderDataset(files, segment_samples=4096, seed=0)
+    full = load_audio(plain.paths[0])
+    assert not any(torch.equal(full[:, o : o + 4096], plain[0]["audio"]) for o in range(0, 22050 - 4096 + 1, 2048))
+    for bad in (0, -2048, 2.5, True):
+        with pytest.raises(ValueError, match="crop_multiple"):
+            AudioFolderDataset(workspace["files"], segment_samples=4096, crop_multiple=bad)
+
+
 class _IdentityAutoencoder(torch.nn.Module):
     """Stands in for a perfect autoencoder: `decode(encode(x)) == x`."""
 
@@ -271,6 +295,32 @@ def test_decoder_only_keeps_encoder_and_latents(workspace, tmp_path):
         if k.startswith("decoder.") and not torch.equal(v, initial.state_dict()[k])
     ]
     assert decoder_changed
+
+
+def test_trainable_parameters_restrict_the_decoder(workspace, tmp_path):
+    output_dir = tmp_path / "conv_out_only"
+    result, _ = launch(
+        workspace,
+        output_dir,
+        "--checkpointing_steps", "100", "--trainable_parameters", "decoder.conv_out.*", "--align_crops",
+        mode="decoder_only",
+        steps=2,
+    )  # fmt: skip
+    initial = SAMEAutoencoderModel.from_pretrained(workspace["model"]).state_dict()
+    trained = SAMEAutoencoderModel.from_pretrained(output_dir).state_dict()
+    changed = sorted(k for k in initial if not torch.equal(initial[k], trained[k]))
+    assert changed and all(k.startswith("decoder.conv_out.") for k in changed), changed
+    # A pattern that selects nothing in the decoder, or that is used outside decoder_only mode, is refused before
+    # anything is written.
+    for flags, mode, message in (
+        (["--trainable_parameters", "decoder.no_such_layer.*"], "decoder_only", "matches no parameter"),
+        (["--trainable_parameters", "encoder.*"], "decoder_only", "outside the decoder"),
+        (["--trainable_parameters", "decoder.conv_out.*"], "full", "--training_mode decoder_only"),
+    ):
+        refused = tmp_path / f"refused_{mode}_{len(message)}"
+        result, _ = launch(workspace, refused, *flags, mode=mode, steps=1, check=False)
+        assert result.returncode != 0 and message in result.stderr, result.stderr[-2000:]
+        assert not (refused / "diffusion_pytorch_model.safetensors").exists()
 
 
 def test_lora_on_the_decoder(workspace, tmp_path):

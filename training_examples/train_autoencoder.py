@@ -7,7 +7,7 @@ Three modes (`--training_mode`):
   `running_std` follows the official EMA (`0.999 r + 0.001 std(x)`, reference §2.4) and its affine is learned; the
   saved model has `freeze_bottleneck=True`, so encoding is deterministic afterwards.
 - `decoder_only`: encoder and bottleneck are frozen (latents unchanged, existing DiTs keep working); only the
-  decoder is trained.
+  decoder is trained (or, with `--trainable_parameters`, only the decoder parameters whose names match).
 - `lora`: PEFT LoRA on every `nn.Linear` of the decoder; the result is a small `decoder_lora.safetensors`.
 
 Losses (all in one dict, each weighted by its `--lambda_*` flag; a loss with weight 0 is not computed):
@@ -27,6 +27,7 @@ Example:
 
 import argparse
 import contextlib
+import fnmatch
 import inspect
 import json
 import logging
@@ -34,6 +35,7 @@ import math
 import os
 import shutil
 import zlib
+from typing import List, Sequence
 
 import torch
 from accelerate import Accelerator
@@ -108,6 +110,12 @@ def parse_args(input_args=None):
         type=int,
         default=0,
         help="Optimizer step from which the discriminator is trained and adv/* losses are used.",
+    )
+    parser.add_argument(
+        "--align_crops",
+        action="store_true",
+        help="Random crops start on whole latent frames (offsets a multiple of the downsampling ratio), as the "
+        "model frames whole files; for material whose events sit on that grid.",
     )
     parser.add_argument("--aux_hidden_channels", type=int, default=128, help="Width of the auxiliary latent heads.")
     parser.add_argument(
@@ -229,6 +237,14 @@ def parse_args(input_args=None):
     parser.add_argument("--train_batch_size", type=int, default=4, help="Clips per micro-batch and process.")
     parser.add_argument("--train_data_dir", type=str, required=True, help="Folder of audio files (recursive).")
     parser.add_argument(
+        "--trainable_parameters",
+        type=str,
+        nargs="+",
+        default=None,
+        help="decoder_only mode: train only the decoder parameters whose names match one of these fnmatch patterns "
+        "(e.g. 'decoder.conv_out.*'); the others stay frozen.",
+    )
+    parser.add_argument(
         "--training_mode", choices=["full", "decoder_only", "lora"], default="full", help="What is trained."
     )
     parser.add_argument(
@@ -252,6 +268,12 @@ def parse_args(input_args=None):
         raise ValueError(f"`--gradient_accumulation_steps` must be >= 1, got {args.gradient_accumulation_steps}.")
     if args.segment_seconds <= 0:
         raise ValueError(f"`--segment_seconds` must be positive, got {args.segment_seconds}.")
+    if args.trainable_parameters is not None and args.training_mode != "decoder_only":
+        raise ValueError(
+            f"`--trainable_parameters` {args.trainable_parameters} selects decoder parameters of `--training_mode "
+            f"decoder_only`, got `--training_mode {args.training_mode}`; add `--training_mode decoder_only` or drop "
+            "`--trainable_parameters`."
+        )
     if len(args.mel_fft_sizes) != len(args.mel_bins):
         raise ValueError(
             f"`--mel_fft_sizes` and `--mel_bins` must have the same length, got {args.mel_fft_sizes} and "
@@ -273,6 +295,31 @@ def set_bottleneck_frozen(autoencoder: SAMEAutoencoderModel, frozen: bool) -> No
     for parameter in (bottleneck.scale, bottleneck.bias):
         parameter.requires_grad_(not frozen)
     autoencoder.register_to_config(freeze_bottleneck=frozen)
+
+
+def restrict_decoder_training(autoencoder: SAMEAutoencoderModel, patterns: Sequence[str]) -> List[str]:
+    """
+    Leaves only the decoder parameters whose names match one of the fnmatch `patterns` trainable (decoder-only mode)
+    and returns their names. Every pattern must match a decoder parameter: a pattern that matches nothing, or only
+    encoder / bottleneck parameters (which would change the latents), is an error.
+    """
+    names = [name for name, _ in autoencoder.named_parameters()]
+    decoder = [name for name in names if name.startswith("decoder.")]
+    for pattern in patterns:
+        if not any(fnmatch.fnmatchcase(name, pattern) for name in decoder):
+            outside = [name for name in names if fnmatch.fnmatchcase(name, pattern)]
+            found = f"it matches only {outside[:3]}, outside the decoder" if outside else "it matches no parameter"
+            raise ValueError(
+                f"`--trainable_parameters` pattern {pattern!r} selects no decoder parameter ({found}); the decoder's "
+                f"parameters are named like {decoder[:2] + decoder[-2:]}: use a pattern such as 'decoder.conv_out.*'."
+            )
+    selected = []
+    for name, parameter in autoencoder.named_parameters():
+        train = name.startswith("decoder.") and any(fnmatch.fnmatchcase(name, p) for p in patterns)
+        parameter.requires_grad_(train)
+        if train:
+            selected.append(name)
+    return selected
 
 
 def save_autoencoder(autoencoder: SAMEAutoencoderModel, path: str) -> None:
@@ -444,6 +491,9 @@ def main(args):
         autoencoder.bottleneck.requires_grad_(False)
         if args.training_mode == "lora":
             lora_config = add_decoder_lora(autoencoder, args.lora_rank, args.lora_alpha or args.lora_rank)
+        elif args.trainable_parameters is not None:
+            selected = restrict_decoder_training(autoencoder, args.trainable_parameters)
+            logger.info(f"Training {len(selected)} decoder parameter tensors: {selected}")
     if args.gradient_checkpointing:
         autoencoder.enable_gradient_checkpointing()
     weights = {key: getattr(args, flag) for key, flag in LOSS_WEIGHT_FLAGS.items()}
@@ -508,6 +558,7 @@ def main(args):
         segment_samples=segment_samples,
         random_crop=True,
         seed=args.seed,
+        crop_multiple=ratio if args.align_crops else 1,
     )
     if len(dataset) < args.train_batch_size * accelerator.num_processes:
         raise ValueError(

@@ -117,6 +117,8 @@ class AudioFolderDataset(Dataset):
         channels (`int`, defaults to 2): output channels (mono is duplicated, extra channels dropped).
         segment_samples (`int`, *optional*): segment length in output samples; `None` returns whole files.
         random_crop (`bool`, defaults to `True`): crop at a random offset; `False` always takes the start.
+        crop_multiple (`int`, defaults to 1): random offsets are multiples of this many output samples (e.g. a
+            model's latent frame, for material whose events sit on that grid).
         extensions (`Sequence[str]`, defaults to `AUDIO_EXTENSIONS`): file extensions searched in a folder.
         seed (`int`, *optional*): seed of the random crops.
     """
@@ -130,6 +132,7 @@ class AudioFolderDataset(Dataset):
         random_crop: bool = True,
         extensions: Sequence[str] = AUDIO_EXTENSIONS,
         seed: Optional[int] = None,
+        crop_multiple: int = 1,
     ):
         if isinstance(root, str):
             if not os.path.isdir(root):
@@ -141,11 +144,16 @@ class AudioFolderDataset(Dataset):
             raise ValueError(f"`segment_samples` must be a positive number of samples or None, got {segment_samples}.")
         if channels <= 0:
             raise ValueError(f"`channels` must be positive, got {channels}.")
+        if isinstance(crop_multiple, bool) or not isinstance(crop_multiple, int) or crop_multiple < 1:
+            raise ValueError(
+                f"`crop_multiple` must be a positive whole number of samples (1: any offset), got {crop_multiple!r}."
+            )
 
         self.sample_rate = sample_rate
         self.channels = channels
         self.segment_samples = segment_samples
         self.random_crop = random_crop
+        self.crop_multiple = crop_multiple
         self.seed = seed
         self.epoch = 0
 
@@ -169,9 +177,13 @@ class AudioFolderDataset(Dataset):
     def _crop_offset(self, index: int, max_offset: int) -> int:
         if not self.random_crop or max_offset <= 0:
             return 0
+        # Offsets 0, m, 2m, ... up to max_offset (m = crop_multiple; with m = 1 the draws are as before).
+        choices = max_offset // self.crop_multiple + 1
         if self.seed is not None:
-            return int(np.random.default_rng([self.seed, self.epoch, index]).integers(0, max_offset + 1))
-        return int(torch.randint(0, max_offset + 1, ()).item())
+            draw = int(np.random.default_rng([self.seed, self.epoch, index]).integers(0, choices))
+        else:
+            draw = int(torch.randint(0, choices, ()).item())
+        return draw * self.crop_multiple
 
     def __getitem__(self, index: int) -> Dict[str, Union[torch.Tensor, str, int]]:
         path = self.paths[index]

@@ -1642,13 +1642,73 @@ def frozen_files_differ(pipeline_dir: str, reference_dir: str) -> List[str]:
     return sorted(key for key in set(a) | set(b) if a.get(key) != b.get(key))
 
 
+def replace_decoder(pipeline_dir: str, vae_dir: str) -> str:
+    """
+    Replaces the SAME of a pipeline folder (`pipeline_dir/vae`) with `vae_dir`, a decoder fine-tune of it (e.g.
+    `train_autoencoder.py --training_mode decoder_only`), and returns the new folder. The new SAME must have the same
+    config (up to `_name_or_path` and `_diffusers_version`) and the same encoder and bottleneck weights, bit for bit:
+    then the latents, and a DiT trained on them, stay valid. Otherwise nothing is changed. The new folder is written
+    beside the old one and moved over it, so a failure leaves the old one whole.
+    """
+    import json
+    import os
+    import shutil
+
+    from safetensors.torch import load_file
+
+    old_dir = os.path.join(pipeline_dir, "vae")
+    for folder, argument in ((old_dir, "pipeline_dir"), (vae_dir, "vae_dir")):
+        if not os.path.isfile(os.path.join(folder, "diffusion_pytorch_model.safetensors")):
+            raise ValueError(
+                f"`{argument}` {folder!r} has no SAME (no diffusion_pytorch_model.safetensors); give a pipeline "
+                "folder and a SAME folder (e.g. the output_dir of train_autoencoder.py)."
+            )
+
+    def config(folder):
+        with open(os.path.join(folder, "config.json")) as f:
+            return {k: v for k, v in json.load(f).items() if k not in ("_name_or_path", "_diffusers_version")}
+
+    if config(old_dir) != config(vae_dir):
+        changed = sorted(
+            k for k in set(config(old_dir)) | set(config(vae_dir)) if config(old_dir).get(k) != config(vae_dir).get(k)
+        )
+        raise ValueError(f"`vae_dir` {vae_dir!r} has another SAME config than {old_dir!r} (differs in {changed}).")
+    old = load_file(os.path.join(old_dir, "diffusion_pytorch_model.safetensors"))
+    new = load_file(os.path.join(vae_dir, "diffusion_pytorch_model.safetensors"))
+    if set(old) != set(new):
+        raise ValueError(f"`vae_dir` {vae_dir!r} has other weight names than {old_dir!r}.")
+    differ = [
+        name
+        for name in sorted(old)
+        if not name.startswith("decoder.")
+        and not (old[name].shape == new[name].shape and torch.equal(old[name].float(), new[name].float()))
+    ]
+    if differ:
+        raise ValueError(
+            f"`vae_dir` {vae_dir!r} changes weights outside the decoder ({differ[:4]}): its latents differ from those "
+            f"the DiT of {pipeline_dir!r} was trained on; fine-tune with `--training_mode decoder_only`."
+        )
+    partial, previous = old_dir + ".partial", old_dir + ".previous"
+    for leftover in (partial, previous):
+        if os.path.exists(leftover):
+            shutil.rmtree(leftover)
+    shutil.copytree(old_dir, partial)
+    for name in ("config.json", "diffusion_pytorch_model.safetensors"):
+        shutil.copy2(os.path.join(vae_dir, name), os.path.join(partial, name))
+    os.replace(old_dir, previous)
+    os.replace(partial, old_dir)
+    shutil.rmtree(previous)
+    return old_dir
+
+
 def main(input_args=None):
     """
     CLI of `make_tiny_model.sh`: `init` writes the untrained pipeline, `swap-vae` puts a trained SAME into one,
     `half-transformer` stores a pipeline's transformer in float16, `half-vae` a spectral SAME's matrices
     ([`store_weights_half`]), `set-guidance` a pipeline's default CFG scale ([`set_default_guidance_scale`]),
     `check-frozen` checks that two pipelines share their frozen components
-    ([`frozen_files_differ`]).
+    ([`frozen_files_differ`]), `replace-decoder` puts a decoder fine-tune of a pipeline's SAME into it
+    ([`replace_decoder`]).
     """
     import argparse
 
@@ -1695,6 +1755,12 @@ def main(input_args=None):
     )
     check.add_argument("--pipeline", required=True)
     check.add_argument("--reference", required=True)
+    replace = commands.add_parser(
+        "replace-decoder",
+        help="Replace a pipeline's SAME, in place, by a decoder fine-tune of it (same encoder and bottleneck weights).",
+    )
+    replace.add_argument("--pipeline", required=True)
+    replace.add_argument("--vae", required=True, help="The fine-tuned SAME folder (train_autoencoder.py's output).")
     args = parser.parse_args(input_args)
     if args.command == "init":
         options = {key: value for key, value in vars(args).items() if key not in ("command", "output_dir")}
@@ -1707,6 +1773,11 @@ def main(input_args=None):
         store_transformer_half(args.pipeline)
     elif args.command == "half-vae":
         store_weights_half(args.pipeline, "vae", SPECTRAL_LOSSY_WEIGHTS)
+    elif args.command == "replace-decoder":
+        try:
+            print(f"{replace_decoder(args.pipeline, args.vae)}: replaced by {args.vae}")
+        except ValueError as error:
+            raise SystemExit(f"error: --pipeline / --vae: {error}") from None
     elif args.command == "set-guidance":
         try:
             set_default_guidance_scale(args.pipeline, args.default_guidance_scale)
