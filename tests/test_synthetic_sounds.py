@@ -116,6 +116,9 @@ def test_metrics_score_clean_ground_truth_clips_correctly():
     assert not failures, "\n".join(failures)
     summary = summarize_scores(scores)
     assert summary["type_accuracy"] == summary["side_accuracy"] == summary["duration_adherence"] == 1.0
+    directions = {a["direction"] for a in cases if a["type"] == "chirp"}
+    assert directions == {"rising", "falling"} and summary["chirp_direction_accuracy"] == 1.0
+    assert all((s["chirp_direction_correct"] is None) == (a["type"] != "chirp") for a, s in zip(cases, scores))
 
 
 def test_metrics_detect_wrong_attributes():
@@ -130,6 +133,14 @@ def test_metrics_detect_wrong_attributes():
     drums = _attributes("drums", "centre", "loud", 4, 4, bpm=120)
     s = score_clip(synthesize(drums, np.random.default_rng(0)), SR, dict(drums, bpm=90))
     assert abs(s["tempo_error_bpm"] - 30) < 2
+
+    # A rising chirp scored as the falling one: still the right type, the wrong direction.
+    chirp = next(e["attributes"] for e in synthetic_examples(200, seed=3) if e["attributes"]["type"] == "chirp")
+    flipped = dict(chirp, direction="falling" if chirp["direction"] == "rising" else "rising")
+    s = score_clip(synthesize(chirp, np.random.default_rng(0)), SR, flipped)
+    assert s["type_correct"] and s["chirp_direction_correct"] is False
+    assert summarize_scores([s])["chirp_direction_accuracy"] == 0.0
+    assert summarize_scores([score_clip(audio, SR, tone)])["chirp_direction_accuracy"] is None
 
     silent = classify_sound(np.zeros((2, SR)), SR)
     assert silent["label"] == "silence" and silent["end_seconds"] is None
@@ -215,7 +226,14 @@ def test_evaluate_cli_end_to_end(tmp_path, capsys):
     )  # fmt: skip
     result = script.main(args)
     table = capsys.readouterr().out
-    for title in ("type accuracy", "median pitch error", "stereo side accuracy", "duration adherence", "SNR"):
+    for title in (
+        "type accuracy",
+        "median pitch error",
+        "stereo side accuracy",
+        "duration adherence",
+        "chirp direction",
+        "SNR",
+    ):
         assert title in table
     for column in ("reference", "same_reconstruction", "base_euler_1", "post_trained_1", "post_trained_8"):
         assert column in table
@@ -239,6 +257,7 @@ def test_evaluate_cli_end_to_end(tmp_path, capsys):
         "side_accuracy",
         "duration_adherence",
         "loudness_accuracy",
+        "chirp_direction_accuracy",
         "num_clips",
         "same_snr_db",
     }

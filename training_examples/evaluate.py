@@ -5,7 +5,8 @@ For `--num_prompts` prompts of the held-out split of `diffusers_sa3.training.syn
 combinations never seen in training), it generates audio with a base model (Euler, `--base_steps` steps, 50 by
 default) and a post-trained model (`--post_trained_steps`, 1 and 8 by default), and measures each column with
 `diffusers_sa3.training.audio_metrics`: sound-type accuracy, median pitch error (semitones), median tempo error (BPM),
-stereo side accuracy, duration adherence (the sound ends within +-0.5 s of the requested end), loudness accuracy, and
+stereo side accuracy, duration adherence (the sound ends within +-0.5 s of the requested end), loudness accuracy,
+chirp direction (the chirp prompts made a chirp sweeping the asked way: the sound type does not check it), and
 the SAME reconstruction SNR of the ground-truth clips through each model's autoencoder. A `reference` column scores
 the ground-truth clips themselves (a check of the metrics), and a `same_reconstruction` column their encode-decode
 through the first model's autoencoder (with its decode noise: what the DiT's targets can reach at best). The JSON also
@@ -47,6 +48,7 @@ ROWS = (
     ("side_accuracy", "stereo side accuracy", ">= 90%", "percent"),
     ("duration_adherence", "duration adherence (+-0.5 s)", ">= 90%", "percent"),
     ("loudness_accuracy", "loudness accuracy", "", "percent"),
+    ("chirp_direction_accuracy", "chirp direction (chirp prompts)", "", "percent"),
     ("same_snr_db", "SAME reconstruction SNR (dB)", "", "number"),
 )
 TARGETS = {

@@ -406,7 +406,9 @@ def score_clip(audio, sample_rate: int, attributes: Dict, level: str = "peak") -
         lowest spectral peak against the root; else `None`); `bpm`, `tempo_error_bpm` (drums: absolute error, the
         target itself when no tempo is found; else `None`); `side`, `side_correct`; `end_seconds`,
         `end_error_seconds` (against `sound_end_seconds`), `duration_ok` (within +-0.5 s); `loudness`,
-        `loudness_correct`; and `analysis` (the [`classify_sound`] result).
+        `loudness_correct`; `chirp_direction_correct` (chirps: labelled `chirp` and sweeping the asked way, up for
+        `rising` and down for `falling`; the type alone does not check the direction; else `None`); and `analysis`
+        (the [`classify_sound`] result).
     """
     audio = _as_channels(audio)
     analysis = classify_sound(audio, sample_rate)
@@ -443,6 +445,14 @@ def score_clip(audio, sample_rate: int, attributes: Dict, level: str = "peak") -
     scores["duration_ok"] = bool(end is not None and abs(scores["end_error_seconds"]) <= DURATION_TOLERANCE_SECONDS)
     scores["loudness"], _ = loudness_class(audio, level=level, sample_rate=sample_rate)
     scores["loudness_correct"] = bool(scores["loudness"] == attributes["loudness"])
+    scores["chirp_direction_correct"] = None
+    if attributes["type"] == "chirp":
+        change = analysis["pitch_change_octaves"]
+        scores["chirp_direction_correct"] = bool(
+            analysis["label"] == "chirp"
+            and change is not None
+            and (change > 0) == (attributes["direction"] == "rising")
+        )
     scores["analysis"] = analysis
     return scores
 
@@ -450,12 +460,13 @@ def score_clip(audio, sample_rate: int, attributes: Dict, level: str = "peak") -
 def summarize_scores(scores: Sequence[Dict]) -> Dict[str, Optional[float]]:
     """
     Aggregates [`score_clip`] results: `type_accuracy`, `median_pitch_error_semitones`, `median_tempo_error_bpm`,
-    `side_accuracy`, `duration_adherence`, `loudness_accuracy` (fractions in [0, 1]; `None` where no clip applies)
-    and `num_clips`.
+    `side_accuracy`, `duration_adherence`, `loudness_accuracy`, `chirp_direction_accuracy` (over the chirp clips)
+    (fractions in [0, 1]; `None` where no clip applies) and `num_clips`.
     """
 
     def fraction(key):
-        return sum(bool(s[key]) for s in scores) / len(scores) if scores else None
+        values = [s.get(key) for s in scores if s.get(key) is not None]
+        return sum(bool(v) for v in values) / len(values) if values else None
 
     def median_of(key):
         values = [s[key] for s in scores if s[key] is not None]
@@ -468,5 +479,6 @@ def summarize_scores(scores: Sequence[Dict]) -> Dict[str, Optional[float]]:
         "side_accuracy": fraction("side_correct"),
         "duration_adherence": fraction("duration_ok"),
         "loudness_accuracy": fraction("loudness_correct"),
+        "chirp_direction_accuracy": fraction("chirp_direction_correct"),
         "num_clips": len(scores),
     }
