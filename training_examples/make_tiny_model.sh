@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The full recipe of the tiny Stable Audio 3 model shipped as `pipelines/sa3-tiny/` (issue 7; results: training_examples/README.md, stop 28).
+# The full recipe of the tiny Stable Audio 3 model shipped as `pipelines/sa3-tiny/` (issue 7; results: training_examples/README.md, stop 29).
 #
 #   1. synthetic train set (NUM_TRAIN clips) and held-out set (NUM_HELDOUT clips);
 #   2. word tokenizer over the caption words + tiny frozen random T5Gemma encoder + tiny SAME + tiny DiT -> `init/`;
@@ -112,9 +112,9 @@ DISTILL_TEACHER_STEPS=${DISTILL_TEACHER_STEPS:-10}
 DISTILL_GUIDANCE=${DISTILL_GUIDANCE:-1.5} # the teacher's CFG scale (train_distill.py's default, the official value,
                                           # is 5; on validation prompts 1.5 was the best of 1.5 / 2 / 3 for the stop-27
                                           # base model and gave a better post-trained one than 2: training_examples/
-                                          # README, stops 26 and 27)
+                                          # README, stops 26 and 27; stop 29's base was best at 2: it ran with 2)
 BASE_GUIDANCE=${BASE_GUIDANCE:-1.5}       # written into base/model_index.json as its default CFG scale (empty: the
-                                          # official 7)
+                                          # official 7; choose it on validation prompts, evaluate.py --seed 1)
 ADV_STEPS=${ADV_STEPS:-100}
 ADV_BATCH=${ADV_BATCH:-8}
 CHECKPOINT_EVERY=${CHECKPOINT_EVERY:-250}
