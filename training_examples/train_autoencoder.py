@@ -305,21 +305,20 @@ def restrict_decoder_training(autoencoder: SAMEAutoencoderModel, patterns: Seque
     """
     names = [name for name, _ in autoencoder.named_parameters()]
     decoder = [name for name in names if name.startswith("decoder.")]
+    selected = set()
     for pattern in patterns:
-        if not any(fnmatch.fnmatchcase(name, pattern) for name in decoder):
-            outside = [name for name in names if fnmatch.fnmatchcase(name, pattern)]
+        matches = fnmatch.filter(decoder, pattern)
+        selected.update(matches)
+        if not matches:
+            outside = fnmatch.filter(names, pattern)
             found = f"it matches only {outside[:3]}, outside the decoder" if outside else "it matches no parameter"
             raise ValueError(
                 f"`--trainable_parameters` pattern {pattern!r} selects no decoder parameter ({found}); the decoder's "
                 f"parameters are named like {decoder[:2] + decoder[-2:]}: use a pattern such as 'decoder.conv_out.*'."
             )
-    selected = []
     for name, parameter in autoencoder.named_parameters():
-        train = name.startswith("decoder.") and any(fnmatch.fnmatchcase(name, p) for p in patterns)
-        parameter.requires_grad_(train)
-        if train:
-            selected.append(name)
-    return selected
+        parameter.requires_grad_(name in selected)
+    return [name for name in decoder if name in selected]
 
 
 def save_autoencoder(autoencoder: SAMEAutoencoderModel, path: str) -> None:

@@ -465,7 +465,7 @@ def summarize_scores(scores: Sequence[Dict]) -> Dict[str, Optional[float]]:
     """
 
     def fraction(key):
-        values = [s.get(key) for s in scores if s.get(key) is not None]
+        values = [s[key] for s in scores if s[key] is not None]
         return sum(bool(v) for v in values) / len(values) if values else None
 
     def median_of(key):

@@ -10,6 +10,7 @@ import math
 from typing import Dict, Iterable, List, Optional, Sequence
 
 import torch
+from diffusers.utils import logging
 from torch import nn
 
 from ..models.autoencoder_same import SAMEAutoencoderModel
@@ -21,6 +22,8 @@ from ..schedulers.scheduling_pingpong_adversarial import PingPongAdversarialSche
 
 PAD_TOKEN, EOS_TOKEN, BOS_TOKEN, UNK_TOKEN = "<pad>", "<eos>", "<bos>", "<unk>"
 SPECIAL_TOKENS = (PAD_TOKEN, EOS_TOKEN, BOS_TOKEN, UNK_TOKEN)  # ids 0, 1, 2, 3, as the T5Gemma tokenizer
+
+logger = logging.get_logger(__name__)
 
 
 # Last log-SNR of the tiny base pipeline's Euler schedule (official: 2.0, a last step from t = 0.14 straight to 0).
@@ -1668,10 +1671,9 @@ def replace_decoder(pipeline_dir: str, vae_dir: str) -> str:
         with open(os.path.join(folder, "config.json")) as f:
             return {k: v for k, v in json.load(f).items() if k not in ("_name_or_path", "_diffusers_version")}
 
-    if config(old_dir) != config(vae_dir):
-        changed = sorted(
-            k for k in set(config(old_dir)) | set(config(vae_dir)) if config(old_dir).get(k) != config(vae_dir).get(k)
-        )
+    old_config, new_config = config(old_dir), config(vae_dir)
+    if old_config != new_config:
+        changed = sorted(k for k in old_config.keys() | new_config.keys() if old_config.get(k) != new_config.get(k))
         raise ValueError(f"`vae_dir` {vae_dir!r} has another SAME config than {old_dir!r} (differs in {changed}).")
     old = load_file(os.path.join(old_dir, "diffusion_pytorch_model.safetensors"))
     new = load_file(os.path.join(vae_dir, "diffusion_pytorch_model.safetensors"))
@@ -1698,6 +1700,7 @@ def replace_decoder(pipeline_dir: str, vae_dir: str) -> str:
     os.replace(old_dir, previous)
     os.replace(partial, old_dir)
     shutil.rmtree(previous)
+    logger.info(f"{old_dir}: replaced by the decoder fine-tune {vae_dir}")
     return old_dir
 
 
@@ -1775,7 +1778,7 @@ def main(input_args=None):
         store_weights_half(args.pipeline, "vae", SPECTRAL_LOSSY_WEIGHTS)
     elif args.command == "replace-decoder":
         try:
-            print(f"{replace_decoder(args.pipeline, args.vae)}: replaced by {args.vae}")
+            replace_decoder(args.pipeline, args.vae)
         except ValueError as error:
             raise SystemExit(f"error: --pipeline / --vae: {error}") from None
     elif args.command == "set-guidance":
