@@ -323,6 +323,39 @@ def test_trainable_parameters_restrict_the_decoder(workspace, tmp_path):
         assert not (refused / "diffusion_pytorch_model.safetensors").exists()
 
 
+def test_reinit_decoder_learns_a_fresh_decoder_for_the_frozen_latents(workspace, tmp_path):
+    # Learning rate 0: the saved decoder is the fresh initialisation itself.
+    pretrained = SAMEAutoencoderModel.from_pretrained(workspace["model"]).state_dict()
+    decoders = {}
+    for seed in (0, 1):
+        output_dir = tmp_path / f"fresh_{seed}"
+        launch(
+            workspace,
+            output_dir,
+            "--reinit_decoder", "--learning_rate", "0", "--seed", str(seed), "--checkpointing_steps", "100",
+            mode="decoder_only",
+            steps=1,
+        )  # fmt: skip
+        state = SAMEAutoencoderModel.from_pretrained(output_dir).state_dict()
+        assert all(torch.equal(state[k], v) for k, v in pretrained.items() if not k.startswith("decoder."))
+        decoders[seed] = {k: v for k, v in state.items() if k.startswith("decoder.")}
+        # A fresh feed-forward writes nothing (zero-initialised output projection); the pretrained one does.
+        projections = [k for k in decoders[seed] if k.endswith("ff.proj_out.weight")]
+        assert projections and all(not decoders[seed][k].any() and pretrained[k].any() for k in projections)
+        assert not torch.equal(decoders[seed]["decoder.proj_in.weight"], pretrained["decoder.proj_in.weight"])
+    # The initialisation follows --seed.
+    assert not torch.equal(decoders[0]["decoder.conv_out.weight_v"], decoders[1]["decoder.conv_out.weight_v"])
+    for flags, mode, message in (
+        (["--reinit_decoder"], "full", "--training_mode decoder_only"),
+        (["--reinit_decoder", "--from_scratch"], "decoder_only", "without `--from_scratch`"),
+        (["--reinit_decoder", "--trainable_parameters", "decoder.conv_out.*"], "decoder_only", "drop one of them"),
+    ):
+        refused = tmp_path / f"refused_{len(flags)}_{mode}"
+        result, _ = launch(workspace, refused, *flags, mode=mode, steps=1, check=False)
+        assert result.returncode != 0 and message in result.stderr, result.stderr[-2000:]
+        assert not (refused / "diffusion_pytorch_model.safetensors").exists()
+
+
 def test_lora_on_the_decoder(workspace, tmp_path):
     output_dir = tmp_path / "lora"
     launch(workspace, output_dir, "--lora_rank", "4", "--checkpointing_steps", "100", mode="lora", steps=3)

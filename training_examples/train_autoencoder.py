@@ -7,7 +7,9 @@ Three modes (`--training_mode`):
   `running_std` follows the official EMA (`0.999 r + 0.001 std(x)`, reference §2.4) and its affine is learned; the
   saved model has `freeze_bottleneck=True`, so encoding is deterministic afterwards.
 - `decoder_only`: encoder and bottleneck are frozen (latents unchanged, existing DiTs keep working); only the
-  decoder is trained (or, with `--trainable_parameters`, only the decoder parameters whose names match).
+  decoder is trained (or, with `--trainable_parameters`, only the decoder parameters whose names match). With
+  `--reinit_decoder` the decoder starts from a fresh random initialisation (seeded by `--seed`): a new decoder learnt
+  for a fixed latent space.
 - `lora`: PEFT LoRA on every `nn.Linear` of the decoder; the result is a small `decoder_lora.safetensors`.
 
 Losses (all in one dict, each weighted by its `--lambda_*` flag; a loss with weight 0 is not computed):
@@ -208,6 +210,12 @@ def parse_args(input_args=None):
         help="save_pretrained folder (or official checkpoint folder with model_config.json) of the autoencoder.",
     )
     parser.add_argument(
+        "--reinit_decoder",
+        action="store_true",
+        help="decoder_only mode: initialise the decoder anew (seeded by --seed) and learn it for the pretrained, "
+        "frozen encoder's latents.",
+    )
+    parser.add_argument(
         "--report_to",
         type=str,
         default="tensorboard" if is_tensorboard_available() else "none",
@@ -273,6 +281,17 @@ def parse_args(input_args=None):
             f"`--trainable_parameters` {args.trainable_parameters} selects decoder parameters of `--training_mode "
             f"decoder_only`, got `--training_mode {args.training_mode}`; add `--training_mode decoder_only` or drop "
             "`--trainable_parameters`."
+        )
+    if args.reinit_decoder and (args.training_mode != "decoder_only" or args.from_scratch):
+        raise ValueError(
+            f"`--reinit_decoder` gives a fresh decoder to a pretrained encoder in `--training_mode decoder_only`, got "
+            f"`--training_mode {args.training_mode}`{' with `--from_scratch`' if args.from_scratch else ''}; use "
+            "`--training_mode decoder_only` without `--from_scratch` (which initialises the whole model anew)."
+        )
+    if args.reinit_decoder and args.trainable_parameters is not None:
+        raise ValueError(
+            f"`--reinit_decoder` trains the whole fresh decoder, got `--trainable_parameters` "
+            f"{args.trainable_parameters} too; drop one of them (a part-trained random decoder cannot decode)."
         )
     if len(args.mel_fft_sizes) != len(args.mel_bins):
         raise ValueError(
@@ -452,6 +471,9 @@ def load_autoencoder(args) -> SAMEAutoencoderModel:
         )
     if args.from_scratch:
         autoencoder = SAMEAutoencoderModel.from_config(autoencoder.config)
+    elif args.reinit_decoder:
+        fresh = SAMEAutoencoderModel.from_config(autoencoder.config)
+        autoencoder.decoder.load_state_dict(fresh.decoder.state_dict(), strict=True)
     return autoencoder
 
 
