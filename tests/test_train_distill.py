@@ -2,6 +2,7 @@
 teacher, generated captioned WAVs as data. Checks the trajectory cache, that the one-step student gets closer to the
 teacher's 15-step output, that a resumed run repeats the losses, and that the output is a ping-pong pipeline."""
 
+import importlib.util
 import json
 import os
 import shutil
@@ -181,3 +182,45 @@ def test_online_trajectories_with_inpainting(run, tmp_path):
     losses = read_losses(tmp_path / "online.jsonl")
     assert len(losses) == 2 and all(np.isfinite(entry["distill/mse"]) for entry in losses)
     assert os.path.isfile(tmp_path / "online" / "model_index.json")
+
+
+def load_script_module():
+    spec = importlib.util.spec_from_file_location("train_distill", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_pick_states_weighs_the_one_step_state():
+    script = load_script_module()
+    num_states, n = 10, 20000
+    uniform = torch.randint(0, num_states, (n,), generator=torch.Generator().manual_seed(1))
+    # Probability 0 draws exactly what the uniform draw did (older runs repeat); 1 always picks the initial noise.
+    assert torch.equal(script.pick_states(n, num_states, 0.0, torch.Generator().manual_seed(1)), uniform)
+    assert not script.pick_states(n, num_states, 1.0, torch.Generator().manual_seed(1)).any()
+    half = script.pick_states(n, num_states, 0.5, torch.Generator().manual_seed(1))
+    assert abs((half == 0).float().mean().item() - (0.5 + 0.5 / num_states)) < 0.02
+    counts = torch.bincount(half, minlength=num_states)[1:].float() / n  # the rest stays uniform: 0.05 each
+    assert (counts - 0.5 / num_states).abs().max() < 0.01
+    for bad in ("-0.1", "1.5"):
+        with pytest.raises(ValueError, match="--one_step_probability"):
+            script.parse_args(
+                ["--pretrained_model_name_or_path", "x", "--train_data_dir", "y", "--one_step_probability", bad]
+            )
+
+
+def test_one_step_probability_trains_on_the_initial_noise(run, tmp_path):
+    from safetensors import safe_open
+
+    with safe_open(str(run["root"] / "cache" / "trajectory-00000000.safetensors"), framework="pt") as f:
+        timesteps = f.get_tensor("timesteps")
+    launch(
+        SCRIPT, *run["common"], "--output_dir", str(tmp_path / "one_step"), "--max_train_steps", "3",
+        "--one_step_probability", "1", "--loss_log", str(tmp_path / "one_step.jsonl"),
+    )  # fmt: skip
+    assert [entry["distill/mean_t"] for entry in read_losses(tmp_path / "one_step.jsonl")] == pytest.approx(
+        [float(timesteps[0])] * 3
+    )
+    # The default run's states were drawn over the whole trajectory.
+    default = [entry["distill/mean_t"] for entry in read_losses(run["root"] / "loss.jsonl")]
+    assert min(default) < float(timesteps[0]) - 0.05

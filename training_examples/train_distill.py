@@ -21,7 +21,8 @@ What this script does (each choice below is ours, where the sources leave it ope
    stage 1's `sample_inpaint_masks` and the masked real latents, and the student is trained on the same condition.
 3. Student: initialised from the teacher (same weights, conditioning parameters included); it predicts the velocity
    `v` at any state `x_t` of a trajectory (the state index is uniform over the `--num_teacher_steps` states, `t = 1`
-   included) and its one-step estimate `x0 = x_t - t v` is pulled to the teacher's final output with an MSE averaged
+   included; with `--one_step_probability p` the state is the trajectory's start, pure noise at `t = 1`, with
+   probability `p` and uniform otherwise, to weigh one-step generation more) and its one-step estimate `x0 = x_t - t v` is pulled to the teacher's final output with an MSE averaged
    over valid frames. The student sees only the conditional context (guidance is distilled into it; no CFG dropout).
 4. Trajectories are generated online each step, or, with `--trajectory_cache_dir`, once per item before training and
    stored as safetensors (`distillation.TrajectoryCache`, keyed by a fingerprint of the teacher and sampler settings);
@@ -119,6 +120,13 @@ def parse_args(input_args=None):
         "--mixed_precision", choices=["no", "fp16", "bf16"], default=None, help="Overrides accelerate's config."
     )
     parser.add_argument("--num_teacher_steps", type=int, default=15, help="Teacher solver steps.")
+    parser.add_argument(
+        "--one_step_probability",
+        type=float,
+        default=0.0,
+        help="Probability that a student's input is the trajectory's start (pure noise, t = 1); otherwise the state "
+        "is uniform over the teacher's steps (t = 1 included).",
+    )
     parser.add_argument("--output_dir", type=str, default="sa3-distilled", help="Checkpoints and final pipeline.")
     parser.add_argument("--overwrite_output_dir", action="store_true", help="Allow a non-empty output dir.")
     parser.add_argument(
@@ -153,6 +161,11 @@ def parse_args(input_args=None):
         raise ValueError("Pass exactly one of `--train_data_dir` (audio) and `--latent_data_path` (latents).")
     if args.num_teacher_steps < 1:
         raise ValueError(f"`--num_teacher_steps` must be >= 1, got {args.num_teacher_steps}.")
+    if not 0.0 <= args.one_step_probability <= 1.0:
+        raise ValueError(
+            f"`--one_step_probability` must be in [0, 1], got {args.one_step_probability}; 0 (the default) draws the "
+            "state uniformly."
+        )
     if args.guidance_scale < 1.0:
         raise ValueError(f"`--guidance_scale` must be >= 1 (1 = off), got {args.guidance_scale}.")
     return args
@@ -166,6 +179,19 @@ def parse_args(input_args=None):
 def step_seed(seed: int, *keys) -> int:
     """A seed that is a function of `(seed, keys)` only, so a resumed run draws the same numbers."""
     return zlib.crc32(":".join(str(k) for k in (seed, *keys)).encode()) % (2**31)
+
+
+def pick_states(batch_size: int, num_states: int, one_step_probability: float, generator: torch.Generator):
+    """
+    Index of each item's trajectory state (`states[:, 0]` is the initial noise, `t = 1`): uniform over the
+    `num_states`, or, with probability `one_step_probability`, the initial noise. With probability 0 it draws exactly
+    what the uniform draw alone did (same generator calls), so older runs repeat.
+    """
+    pick = torch.randint(0, num_states, (batch_size,), generator=generator)
+    if one_step_probability > 0:
+        start = torch.rand(batch_size, generator=generator) < one_step_probability
+        pick = torch.where(start, torch.zeros_like(pick), pick)
+    return pick
 
 
 def build_source_dataset(args, sample_rate: int):
@@ -360,7 +386,7 @@ def main(args):
     progress_bar = tqdm(
         range(args.max_train_steps), initial=global_step, desc="Steps", disable=not accelerator.is_local_main_process
     )
-    window = []
+    window, t_window = [], []
     for epoch in range(first_epoch, num_epochs):
         if global_step >= args.max_train_steps:
             break
@@ -383,7 +409,7 @@ def main(args):
                 seconds = torch.as_tensor(batch["seconds_total"], dtype=torch.float32).reshape(-1)
                 batch = teacher_batch(args, pipe, latents, valid, batch["prompt"], seconds, noise, generator)
             batch_size, num_states = batch["states"].shape[:2]
-            pick = torch.randint(0, num_states, (batch_size,), generator=generator).to(device)
+            pick = pick_states(batch_size, num_states, args.one_step_probability, generator).to(device)
             rows = torch.arange(batch_size, device=device)
             sample = batch["states"].to(device)[rows, pick]
             timestep = batch["timesteps"].to(device)[rows, pick]
@@ -415,14 +441,16 @@ def main(args):
                 lr_scheduler.step()
                 optimizer.zero_grad()
             window.append(loss.detach().float())
+            t_window.append(timestep.detach().float().mean())
 
             if not accelerator.sync_gradients:
                 continue
             global_step += 1
             progress_bar.update(1)
             mean = accelerator.reduce(torch.stack(window).mean(), reduction="mean")
-            window = []
-            logs = {"distill/mse": float(mean), "lr": lr_scheduler.get_last_lr()[0]}
+            mean_t = accelerator.reduce(torch.stack(t_window).mean(), reduction="mean")
+            window, t_window = [], []
+            logs = {"distill/mse": float(mean), "distill/mean_t": float(mean_t), "lr": lr_scheduler.get_last_lr()[0]}
             accelerator.log(logs, step=global_step)
             progress_bar.set_postfix(mse=f"{logs['distill/mse']:.4f}")
             if loss_log is not None:
