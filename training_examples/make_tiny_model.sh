@@ -109,6 +109,8 @@ EMA_DECAY=${EMA_DECAY:-0.998}
 DISTILL_STEPS=${DISTILL_STEPS:-150}
 DISTILL_BATCH=${DISTILL_BATCH:-8}
 DISTILL_TEACHER_STEPS=${DISTILL_TEACHER_STEPS:-10}
+DISTILL_ONE_STEP=${DISTILL_ONE_STEP:-0}  # train_distill.py --one_step_probability: the share of student inputs that
+                                         # are the initial noise (t = 1), the rest uniform over the teacher's states
 DISTILL_GUIDANCE=${DISTILL_GUIDANCE:-1.5} # the teacher's CFG scale (train_distill.py's default, the official value,
                                           # is 5; on validation prompts 1.5 was the best of 1.5 / 2 / 3 for the stop-27
                                           # base model and gave a better post-trained one than 2: training_examples/
@@ -292,7 +294,7 @@ stage train_distill "${LAUNCH[@]}" training_examples/train_distill.py \
     --trajectory_cache_dir "$RUN_DIR/trajectories" --output_dir "$RUN_DIR/distilled" \
     --max_train_steps "$DISTILL_STEPS" --train_batch_size "$DISTILL_BATCH" --learning_rate 1e-4 \
     --num_teacher_steps "$DISTILL_TEACHER_STEPS" --guidance_scale "$DISTILL_GUIDANCE" \
-    --max_seconds 12 --checkpointing_steps "$CHECKPOINT_EVERY" --checkpoints_total_limit 2 --report_to none \
+    --one_step_probability "$DISTILL_ONE_STEP" --max_seconds 12 --checkpointing_steps "$CHECKPOINT_EVERY" --checkpoints_total_limit 2 --report_to none \
     --seed "$SEED" --loss_log "$RUN_DIR/distill_loss.jsonl" --resume_from_checkpoint latest
 stage train_adversarial "${LAUNCH[@]}" training_examples/train_adversarial.py \
     --pretrained_model_name_or_path "$RUN_DIR/distilled" --discriminator_model_name_or_path "$RUN_DIR/base" \
