@@ -22,8 +22,9 @@ What this script does (each choice below is ours, where the sources leave it ope
 3. Student: initialised from the teacher (same weights, conditioning parameters included); it predicts the velocity
    `v` at any state `x_t` of a trajectory (the state index is uniform over the `--num_teacher_steps` states, `t = 1`
    included; with `--one_step_probability p` the state is the trajectory's start, pure noise at `t = 1`, with
-   probability `p` and uniform otherwise, to weigh one-step generation more) and its one-step estimate `x0 = x_t - t v` is pulled to the teacher's final output with an MSE averaged
-   over valid frames. The student sees only the conditional context (guidance is distilled into it; no CFG dropout).
+   probability `p` and uniform otherwise, to weigh one-step generation more) and its one-step estimate
+   `x0 = x_t - t v` is pulled to the teacher's final output with an MSE averaged over valid frames. The student sees
+   only the conditional context (guidance is distilled into it; no CFG dropout).
 4. Trajectories are generated online each step, or, with `--trajectory_cache_dir`, once per item before training and
    stored as safetensors (`distillation.TrajectoryCache`, keyed by a fingerprint of the teacher and sampler settings);
    several processes split the items.
