@@ -43,7 +43,7 @@ def write_captioned_clips(folder):
     return str(folder)
 
 
-def launch(script, *flags):
+def launch(script, *flags, expect_failure=False):
     command = [
         sys.executable, "-m", "accelerate.commands.launch",
         "--num_processes", "1", "--num_machines", "1", "--cpu", "--mixed_precision", "no", "--dynamo_backend", "no",
@@ -52,6 +52,9 @@ def launch(script, *flags):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "2"}
     start = time.perf_counter()
     result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT)
+    if expect_failure:
+        assert result.returncode != 0, result.stdout[-3000:]
+        return result.stderr
     if result.returncode != 0:
         raise AssertionError(
             f"training failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
@@ -224,3 +227,28 @@ def test_one_step_probability_trains_on_the_initial_noise(run, tmp_path):
     # The default run's states were drawn over the whole trajectory.
     default = [entry["distill/mean_t"] for entry in read_losses(run["root"] / "loss.jsonl")]
     assert min(default) < float(timesteps[0]) - 0.05
+
+
+def test_trajectory_cache_follows_the_teacher_weights(run, tmp_path):
+    # The fixture's trajectories were made by the official-layout teacher. The same weights saved elsewhere (diffusers
+    # layout) reuse them untouched; the same folder with one weight changed in place is refused, not silently served
+    # the old teacher's trajectories.
+    cache = tmp_path / "cache"
+    shutil.copytree(run["root"] / "cache", cache)
+    written = {path.name: path.stat().st_mtime_ns for path in cache.iterdir()}
+    teacher = StableAudio3Pipeline.from_pretrained(MEDIUM_BASE_CKPT)
+    moved = tmp_path / "teacher"
+    teacher.save_pretrained(moved)
+    flags = list(run["common"])
+    flags[flags.index("--pretrained_model_name_or_path") + 1] = str(moved)
+    flags[flags.index("--trajectory_cache_dir") + 1] = str(cache)
+    launch(SCRIPT, *flags, "--output_dir", str(tmp_path / "moved_out"), "--max_train_steps", "1")
+    assert {path.name: path.stat().st_mtime_ns for path in cache.iterdir()} == written
+
+    with torch.no_grad():
+        next(teacher.transformer.parameters()).add_(1e-3)
+    teacher.save_pretrained(moved)
+    stderr = launch(
+        SCRIPT, *flags, "--output_dir", str(tmp_path / "changed_out"), "--max_train_steps", "1", expect_failure=True
+    )
+    assert "holds trajectories of other teacher settings" in stderr, stderr[-2000:]

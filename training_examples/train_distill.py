@@ -26,8 +26,8 @@ What this script does (each choice below is ours, where the sources leave it ope
    `x0 = x_t - t v` is pulled to the teacher's final output with an MSE averaged over valid frames. The student sees
    only the conditional context (guidance is distilled into it; no CFG dropout).
 4. Trajectories are generated online each step, or, with `--trajectory_cache_dir`, once per item before training and
-   stored as safetensors (`distillation.TrajectoryCache`, keyed by a fingerprint of the teacher and sampler settings);
-   several processes split the items.
+   stored as safetensors (`distillation.TrajectoryCache`, keyed by a fingerprint of the teacher's weights and the
+   sampler settings: a teacher retrained in place makes new trajectories); several processes split the items.
 5. The output folder is a `StableAudio3Pipeline` whose scheduler is `PingPongAdversarialScheduler` (the student is a
    one-step model; 1 step = one-step generation, more steps = ping-pong).
 
@@ -75,6 +75,7 @@ from diffusers_sa3.training.distillation import (
     generate_teacher_trajectory,
     one_step_distillation_loss,
     save_pingpong_pipeline,
+    teacher_digest,
     teacher_fingerprint,
 )
 from diffusers_sa3.training.flow_objective import sample_inpaint_masks
@@ -311,7 +312,7 @@ def main(args):
     # 3. Data: trajectories from the cache, or stage-1 batches turned into trajectories online.
     source, source_collate = build_source_dataset(args, pipe.sampling_rate)
     settings = {
-        "teacher": os.path.abspath(args.pretrained_model_name_or_path),
+        "teacher": teacher_digest(pipe),
         "steps": args.num_teacher_steps,
         "guidance_scale": args.guidance_scale,
         "apg_scale": args.apg_scale,

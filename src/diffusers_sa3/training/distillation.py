@@ -161,6 +161,33 @@ def one_step_distillation_loss(
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+def teacher_digest(pipeline) -> str:
+    """
+    SHA-256 of what a teacher pipeline computes trajectories with, wherever its files are: every tensor (name, dtype,
+    shape, bytes) of its transformer and text encoder, their configs, the scheduler's config and the tokenizer's
+    vocabulary. A teacher retrained or re-stored in place gets a new digest; a copy elsewhere keeps it.
+    """
+
+    def settings(config) -> bytes:
+        # Configs also carry where they were loaded from (`_name_or_path`), library versions, the class names of the
+        # checkpoint (`architectures`) and its storage dtype: not what is computed (the tensors carry their dtype).
+        config = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+        metadata = ("transformers_version", "architectures", "torch_dtype", "dtype")
+        kept = {k: v for k, v in config.items() if not k.startswith("_") and k not in metadata}
+        return json.dumps(kept, sort_keys=True, default=str).encode()
+
+    digest = hashlib.sha256()
+    for module in (pipeline.transformer, pipeline.text_encoder):
+        digest.update(settings(module.config))
+        for name, tensor in module.state_dict().items():
+            tensor = tensor.detach().cpu().contiguous()
+            digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    digest.update(settings(pipeline.scheduler.config))
+    digest.update(json.dumps(sorted(pipeline.tokenizer.get_vocab().items())).encode())
+    return digest.hexdigest()
+
+
 def teacher_fingerprint(settings: Dict) -> str:
     """A short hash of the teacher and sampler settings; a cache folder holds trajectories of one fingerprint."""
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
