@@ -311,18 +311,19 @@ def main(args):
 
     # 3. Data: trajectories from the cache, or stage-1 batches turned into trajectories online.
     source, source_collate = build_source_dataset(args, pipe.sampling_rate)
-    settings = {
-        "teacher": teacher_digest(pipe),
-        "steps": args.num_teacher_steps,
-        "guidance_scale": args.guidance_scale,
-        "apg_scale": args.apg_scale,
-        "solver": args.solver_type,
-        "inpaint": args.inpaint_mask_probabilities,
-        "seed": args.seed,
-        "max_seconds": args.max_seconds,
-        "data": os.path.abspath(args.train_data_dir or args.latent_data_path),
-    }
     if args.trajectory_cache_dir:
+        # The cache key: the teacher's content (hashing every weight is only worth it when trajectories are stored).
+        settings = {
+            "teacher": teacher_digest(pipe),
+            "steps": args.num_teacher_steps,
+            "guidance_scale": args.guidance_scale,
+            "apg_scale": args.apg_scale,
+            "solver": args.solver_type,
+            "inpaint": args.inpaint_mask_probabilities,
+            "seed": args.seed,
+            "max_seconds": args.max_seconds,
+            "data": os.path.abspath(args.train_data_dir or args.latent_data_path),
+        }
         cache = TrajectoryCache(args.trajectory_cache_dir, teacher_fingerprint(settings))
         fill_trajectory_cache(args, accelerator, pipe, source, source_collate, cache)
         dataset, collate_fn = TrajectoryDataset(cache, len(source)), collate_trajectories

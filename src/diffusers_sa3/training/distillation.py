@@ -182,7 +182,7 @@ def teacher_digest(pipeline) -> str:
         for name, tensor in module.state_dict().items():
             tensor = tensor.detach().cpu().contiguous()
             digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
     digest.update(settings(pipeline.scheduler.config))
     digest.update(json.dumps(sorted(pipeline.tokenizer.get_vocab().items())).encode())
     return digest.hexdigest()
