@@ -106,3 +106,26 @@ def test_bad_type_weights_fail_before_anything_is_written(tmp_path, type_weights
     assert result.returncode == 2
     assert f'TYPE_WEIGHTS="{type_weights}"' in result.stderr and message in result.stderr, result.stderr
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"ADV_LR": "3e-6x"}, "ADV_LR=3e-6x must be a finite number > 0"),
+        ({"ADV_D_LR": "0"}, "ADV_D_LR=0 must be a finite number > 0"),
+        ({"ADV_CONTRASTIVE": "-1"}, "ADV_CONTRASTIVE=-1 must be a finite number >= 0"),
+        ({"ADV_LR": "nan"}, "ADV_LR=nan must be a finite number > 0"),
+    ],
+)
+def test_bad_adversarial_settings_fail_before_anything_is_written(tmp_path, settings, message):
+    result = _run(tmp_path / "run", **settings)
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_adversarial_settings_in_range_are_accepted(tmp_path):
+    """The values stop 31 shipped with (and a realness-only discriminator) pass the check; the run goes on."""
+    run_dir = tmp_path / "run"
+    result = _run(run_dir, ADV_LR="3e-6", ADV_D_LR="3e-5", ADV_CONTRASTIVE="0", STOP_AFTER="data_train")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert _stage_names(run_dir) == ["data_train"]
