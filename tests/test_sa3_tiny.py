@@ -2,13 +2,15 @@
 of prompts as the DSP metrics of `training_examples/evaluate.py` measure them, and is what the README's first command
 generates with.
 
-What is checked is what the model reaches (training_examples/README, stop 29): the stereo side, where the sound ends,
-the pitch of tones and chords (within a semitone), the type of sines (the README's own prompt, a 440 Hz sine panned
-left, among them), a square wave, a chord, noise and drums, the drums' tempo (both models; the stop-27 models made
-these drums noise without a steady beat), and for the base model also the type of sawtooth prompts at three notes. The
-type of chirps is not checked: the post-trained model makes the two chirp prompts here a chord (it sweeps on 4 of 5
-held-out chirp prompts, the asked way on 2), the base model sweeps but often the wrong way. Held-out type accuracy is
-87.5 % for the base model and 91.7 % for the post-trained one at 8 steps (the model cards)."""
+What is checked is what the model reaches (training_examples/README, stops 29 and 31): the stereo side, where the sound
+ends, the pitch of tones and chords (within a semitone), the type of sines (the README's own prompt, a 440 Hz sine
+panned left, among them), a sawtooth, a square wave, a chord, noise and drums, the drums' tempo (both models; the
+stop-27 models made these drums noise without a steady beat), for the base model also the type of sawtooth prompts at
+three notes, and for the post-trained model at one step the same checks on every prompt but the chord and the chirp.
+The type of chirps is not checked: both models make the chirp prompt here a chord (held out, the post-trained model
+sweeps on 9 of 19 chirp prompts at 8 steps, the asked way on 2), and at one step the chord prompt comes out sweeping.
+Held-out type accuracy on 96 prompts is 88.5 % for the base model and 82.3 % / 84.4 % for the post-trained one at
+8 steps / one step (the model cards)."""
 
 import hashlib
 import re
@@ -37,7 +39,7 @@ PROMPTS = [
     ("loud drums playing at 120 beats per minute panned hard right", 4.0, "right", 4.0, "drums", None),
     ("a c4 major chord of square waves on the right", 4.0, "right", 4.0, "chord", 261.63),
     ("a falling chirp from 800 hz to 200 hz on the left", 5.0, "left", 5.0, None, None),
-    ("a loud sawtooth tone playing a3 in the middle", 4.0, "centre", 4.0, None, 220.0),
+    ("a loud sawtooth tone playing a3 in the middle", 4.0, "centre", 4.0, "sawtooth", 220.0),
     ("a quiet square wave tone at 330 hz on the left", 4.0, "left", 4.0, "square", 330.0),
     ("a burst of white noise on the right", 3.0, "right", 3.0, "noise", None),
 ]
@@ -87,27 +89,42 @@ def test_shipped_weights_fit_the_budget_and_carry_model_cards(post_trained, base
         assert "type accuracy" in card and "stereo side accuracy" in card
 
 
+def _check_prompt(pipe, prompt, seconds, side, end, label, pitch, seed=0, **kwargs):
+    """`pipe` puts the prompt's sound on the asked side (+-3 dB, `audio_metrics.stereo_side`), ends it within 0.5 s of
+    the asked end, and where given has the asked sound type (`classify_sound`) and pitch within a semitone; the output
+    has the asked length."""
+    rate = pipe.sampling_rate
+    audio = pipe(
+        prompt, duration=seconds, generator=torch.Generator().manual_seed(seed), output_type="np", **kwargs
+    ).audios[0]
+    assert audio.shape == (2, round(seconds * rate))
+    assert stereo_side(audio) == side, (prompt, seed)
+    found = classify_sound(audio, rate)
+    assert found["end_seconds"] is not None and abs(found["end_seconds"] - end) <= 0.5, (
+        f"{prompt} (seed {seed}): sound ends at {found['end_seconds']} s, asked {end} s"
+    )
+    if label is not None:
+        assert found["label"] == label, (prompt, seed, found)
+    if pitch is not None:
+        estimate = found["f0_hz"] if label == "chord" else _strongest_partial(audio, rate)
+        assert semitone_error(estimate, pitch) <= 1.0, f"{prompt} (seed {seed}): pitch {estimate} Hz, asked {pitch} Hz"
+
+
 @torch.no_grad()
 @pytest.mark.parametrize("prompt,seconds,side,end,label,pitch", PROMPTS, ids=[p[0][:40] for p in PROMPTS])
 def test_post_trained_model_follows_the_prompt(post_trained, prompt, seconds, side, end, label, pitch):
-    """The default (post-trained, 8 ping-pong steps) model puts each prompt's sound on the asked side (+-3 dB,
-    `audio_metrics.stereo_side`), ends it within 0.5 s of the asked end, and where given has the asked sound type
-    (`classify_sound`) and pitch within a semitone; the output has the asked length."""
-    rate = post_trained.sampling_rate
-    audio = post_trained(
-        prompt, duration=seconds, generator=torch.Generator().manual_seed(0), output_type="np"
-    ).audios[0]
-    assert audio.shape == (2, round(seconds * rate))
-    assert stereo_side(audio) == side
-    found = classify_sound(audio, rate)
-    assert found["end_seconds"] is not None and abs(found["end_seconds"] - end) <= 0.5, (
-        f"sound ends at {found['end_seconds']} s, asked {end} s"
-    )
-    if label is not None:
-        assert found["label"] == label, found
-    if pitch is not None:
-        estimate = found["f0_hz"] if label == "chord" else _strongest_partial(audio, rate)
-        assert semitone_error(estimate, pitch) <= 1.0, f"pitch {estimate} Hz, asked {pitch} Hz"
+    """The default (post-trained, 8 ping-pong steps) model follows each prompt ([`_check_prompt`])."""
+    _check_prompt(post_trained, prompt, seconds, side, end, label, pitch)
+
+
+@torch.no_grad()
+def test_post_trained_model_follows_the_prompts_in_one_step(post_trained):
+    """At one step (the adversarial post-training's target) the post-trained model follows every prompt but the
+    chord (it sweeps: labelled a chirp) and the chirp (a chord, as at 8 steps), for two seeds each."""
+    for prompt, seconds, side, end, label, pitch in PROMPTS:
+        if label not in ("chord", None):
+            for seed in (0, 1):
+                _check_prompt(post_trained, prompt, seconds, side, end, label, pitch, seed, num_inference_steps=1)
 
 
 @torch.no_grad()
@@ -115,7 +132,8 @@ def test_base_model_follows_side_pitch_and_waveform(base):
     """The base model (Euler, 50 steps, its folder's default guidance: 2, chosen on validation prompts) also gets the
     side and the pitch of left and right sine prompts, and makes sawtooth prompts at three notes and two positions a
     sawtooth at the asked note and side, for two seeds each. (The sawtooth at a3 in the middle, PROMPTS[5], is a known
-    miss of both stop-29 models and of the stop-28 post-trained one: a chord with a partial at 194 Hz; README.)"""
+    miss of this base model, also of the stop-28 and stop-29 post-trained ones: a chord with a partial at 194 Hz; the
+    stop-31 post-trained model gets it: README.)"""
     assert base.default_guidance_scale == 2.0 and base.config.default_guidance_scale == 2.0
     for prompt, seconds, side, _, _, pitch in (PROMPTS[0], PROMPTS[1]):
         audio = base(prompt, duration=seconds, generator=torch.Generator().manual_seed(0), output_type="np").audios[0]
