@@ -131,8 +131,13 @@ def test_metrics_detect_wrong_attributes():
     assert abs(s["pitch_error_semitones"] - 2.0) < 0.05
 
     drums = _attributes("drums", "centre", "loud", 4, 4, bpm=120)
-    s = score_clip(synthesize(drums, np.random.default_rng(0)), SR, dict(drums, bpm=90))
-    assert abs(s["tempo_error_bpm"] - 30) < 2
+    audio = synthesize(drums, np.random.default_rng(0))
+    s = score_clip(audio, SR, dict(drums, bpm=90))
+    assert abs(s["tempo_error_bpm"] - 30) < 2 and abs(s["tempo_octave_error_bpm"] - 30) < 2  # 60 and 240 are further
+    # Asked for half or twice the played tempo: wrong by 60 or 120 BPM, right up to the octave.
+    for asked, error in ((60, 60), (240, 120)):
+        s = score_clip(audio, SR, dict(drums, bpm=asked))
+        assert abs(s["tempo_error_bpm"] - error) < 2 and s["tempo_octave_error_bpm"] < 2, (asked, s["bpm"])
 
     # A rising chirp scored as the falling one: still the right type, the wrong direction.
     chirp = next(e["attributes"] for e in synthetic_examples(200, seed=3) if e["attributes"]["type"] == "chirp")
@@ -254,6 +259,7 @@ def test_evaluate_cli_end_to_end(tmp_path, capsys):
         "type_accuracy",
         "median_pitch_error_semitones",
         "median_tempo_error_bpm",
+        "median_tempo_octave_error_bpm",
         "side_accuracy",
         "duration_adherence",
         "loudness_accuracy",

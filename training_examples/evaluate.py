@@ -4,8 +4,8 @@
 For `--num_prompts` prompts of the held-out split of `diffusers_sa3.training.synthetic_sounds` (attribute
 combinations never seen in training), it generates audio with a base model (Euler, `--base_steps` steps, 50 by
 default) and a post-trained model (`--post_trained_steps`, 1 and 8 by default), and measures each column with
-`diffusers_sa3.training.audio_metrics`: sound-type accuracy, median pitch error (semitones), median tempo error (BPM),
-stereo side accuracy, duration adherence (the sound ends within +-0.5 s of the requested end), loudness accuracy,
+`diffusers_sa3.training.audio_metrics`: sound-type accuracy, median pitch error (semitones), median tempo error (BPM;
+also with the estimate halved or doubled where nearer, as a beat tracker locked on the bar reads it), stereo side accuracy, duration adherence (the sound ends within +-0.5 s of the requested end), loudness accuracy,
 chirp direction (the chirp prompts made a chirp sweeping the asked way: the sound type does not check it), and
 the SAME reconstruction SNR of the ground-truth clips through each model's autoencoder. A `reference` column scores
 the ground-truth clips themselves (a check of the metrics), and a `same_reconstruction` column their encode-decode
@@ -45,6 +45,7 @@ ROWS = (
     ("type_accuracy", "type accuracy", ">= 80%", "percent"),
     ("median_pitch_error_semitones", "median pitch error (semitones)", "<= 1", "number"),
     ("median_tempo_error_bpm", "median tempo error (bpm)", "", "number"),
+    ("median_tempo_octave_error_bpm", "  the same, half / double allowed", "", "number"),
     ("side_accuracy", "stereo side accuracy", ">= 90%", "percent"),
     ("duration_adherence", "duration adherence (+-0.5 s)", ">= 90%", "percent"),
     ("loudness_accuracy", "loudness accuracy", "", "percent"),

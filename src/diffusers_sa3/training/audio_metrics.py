@@ -404,7 +404,9 @@ def score_clip(audio, sample_rate: int, attributes: Dict, level: str = "peak") -
     Returns:
         `dict`: `expected_label`, `label`, `type_correct`; `pitch_error_semitones` (tones: [`estimate_f0`]; chords: the
         lowest spectral peak against the root; else `None`); `bpm`, `tempo_error_bpm` (drums: absolute error, the
-        target itself when no tempo is found; else `None`); `side`, `side_correct`; `end_seconds`,
+        target itself when no tempo is found; else `None`), `tempo_octave_error_bpm` (the same with the estimate
+        halved or doubled where that is nearer: an autocorrelation locked on the two-beat bar or on the off-beats, the
+        right tempo in MIR's "accuracy 2" sense); `side`, `side_correct`; `end_seconds`,
         `end_error_seconds` (against `sound_end_seconds`), `duration_ok` (within +-0.5 s); `loudness`,
         `loudness_correct`; `chirp_direction_correct` (chirps: labelled `chirp` and sweeping the asked way, up for
         `rising` and down for `falling`; the type alone does not check the direction; else `None`); and `analysis`
@@ -431,11 +433,15 @@ def score_clip(audio, sample_rate: int, attributes: Dict, level: str = "peak") -
         )
         scores["pitch_error_semitones"] = semitone_error(lowest, root)
 
-    scores["bpm"], scores["tempo_error_bpm"] = None, None
+    scores["bpm"], scores["tempo_error_bpm"], scores["tempo_octave_error_bpm"] = None, None, None
     if attributes["type"] == "drums":
         bpm = estimate_tempo(mono, sample_rate)[0] if region[0] is not None else None
+        target = attributes["bpm"]
         scores["bpm"] = None if bpm is None else float(bpm)
-        scores["tempo_error_bpm"] = float(attributes["bpm"] if bpm is None else abs(bpm - attributes["bpm"]))
+        scores["tempo_error_bpm"] = float(target if bpm is None else abs(bpm - target))
+        scores["tempo_octave_error_bpm"] = float(
+            target if bpm is None else min(abs(factor * bpm - target) for factor in (0.5, 1.0, 2.0))
+        )
 
     scores["side"] = stereo_side(audio)
     scores["side_correct"] = bool(scores["side"] == attributes["side"])
@@ -460,6 +466,7 @@ def score_clip(audio, sample_rate: int, attributes: Dict, level: str = "peak") -
 def summarize_scores(scores: Sequence[Dict]) -> Dict[str, Optional[float]]:
     """
     Aggregates [`score_clip`] results: `type_accuracy`, `median_pitch_error_semitones`, `median_tempo_error_bpm`,
+    `median_tempo_octave_error_bpm`,
     `side_accuracy`, `duration_adherence`, `loudness_accuracy`, `chirp_direction_accuracy` (over the chirp clips)
     (fractions in [0, 1]; `None` where no clip applies) and `num_clips`.
     """
@@ -476,6 +483,7 @@ def summarize_scores(scores: Sequence[Dict]) -> Dict[str, Optional[float]]:
         "type_accuracy": fraction("type_correct"),
         "median_pitch_error_semitones": median_of("pitch_error_semitones"),
         "median_tempo_error_bpm": median_of("tempo_error_bpm"),
+        "median_tempo_octave_error_bpm": median_of("tempo_octave_error_bpm"),
         "side_accuracy": fraction("side_correct"),
         "duration_adherence": fraction("duration_ok"),
         "loudness_accuracy": fraction("loudness_correct"),
