@@ -75,11 +75,14 @@ def test_same_from_replaces_the_built_same_and_the_set_has_grid_timing(tmp_path)
         ({"ADV_D_LR": "0"}, "ADV_D_LR=0 must be a finite number > 0"),
         ({"ADV_CONTRASTIVE": "-1"}, "ADV_CONTRASTIVE=-1 must be a finite number >= 0"),
         ({"ADV_LR": "nan"}, "ADV_LR=nan must be a finite number > 0"),
+        ({"AE_LAMBDA_STFT": "-1"}, "AE_LAMBDA_STFT=-1 must be a finite number >= 0"),
+        ({"AE_LR": "0"}, "AE_LR=0 must be a finite number > 0"),
+        ({"AE_ALIGN_CROPS": "yes"}, "AE_ALIGN_CROPS=yes must be 0 or 1"),
     ],
 )
 def test_bad_settings_are_refused_before_anything_is_written(tmp_path, settings, message):
-    """SAME_FROM, and the adversarial stage's rates and weight (a typo would otherwise fail only after the flow and
-    distillation stages)."""
+    """SAME_FROM, and the SAME's and the adversarial stage's rates and loss weights (a typo would otherwise fail only
+    after the stages before them)."""
     result = _run(tmp_path / "run", **settings)
     assert result.returncode == 2 and message in result.stderr, result.stderr
     assert not (tmp_path / "run").exists()
@@ -120,3 +123,45 @@ def test_adversarial_settings_in_range_are_accepted(tmp_path):
     result = _run(run_dir, ADV_LR="3e-6", ADV_D_LR="3e-5", ADV_CONTRASTIVE="0", STOP_AFTER="data_train")
     assert result.returncode == 0, result.stdout + result.stderr
     assert _stage_names(run_dir) == ["data_train"]
+
+
+def test_same_loss_settings_reach_train_autoencoder(tmp_path):
+    """A from-scratch SAME with the stop-32 losses (waveform L1 and level only, frame-aligned crops): the stage's
+    recorded command carries them and the loss log has the waveform and level terms and no spectral ones."""
+    run_dir = tmp_path / "run"
+    result = _run(
+        run_dir,
+        SAME_INIT="random",
+        SAME_HEADS="1",
+        SAME_LAYERS="1",
+        SAME_DECODER_LAYERS="1",
+        SAME_PATCH="256",
+        SAME_MLP_RATIO="2",
+        LATENT_CHANNELS="8",
+        DIT_LAYERS="1",
+        AE_STEPS="2",
+        AE_BATCH="2",
+        AE_SEGMENT="0.1",
+        AE_LAMBDA_STFT="0",
+        AE_LAMBDA_MEL="0",
+        AE_LAMBDA_LEVEL="1",
+        AE_LAMBDA_CHROMA="0",
+        AE_LAMBDA_ILD="0",
+        AE_ALIGN_CROPS="1",
+        AE_LR_SCHEDULER="cosine",
+        AE_WARMUP="1",
+        STOP_AFTER="train_autoencoder",
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    with open(run_dir / "stages.tsv") as f:
+        commands = dict(line.rstrip("\n").split("\t")[::2] for line in f)
+    command = commands["train_autoencoder"]
+    assert "--lambda_stft 0 --lambda_mel 0 --lambda_level 1 --lambda_chroma 0 --lambda_ild 0 --align_crops" in command
+    assert "--lr_scheduler cosine --lr_warmup_steps 1" in command, command
+    with open(run_dir / "same" / "config.json") as f:
+        assert json.load(f)["mlp_ratio"] == 2.0  # SAME_MLP_RATIO reached the init
+    with open(run_dir / "same_loss.jsonl") as f:
+        rows = [json.loads(line) for line in f]
+    assert [row["step"] for row in rows] == [1, 2]
+    assert all("ae/wave" in row and "ae/level" in row for row in rows)
+    assert not any(name in row for row in rows for name in ("ae/stft", "ae/mel", "sem/chroma", "sem/ild"))

@@ -551,9 +551,11 @@ def test_initial_pipeline_with_spectral_same_sets_its_own_geometry(tmp_path):
     audio = pipe(["a loud sine tone at a4 on the left"], duration=1.0, num_inference_steps=2,
                  generator=torch.Generator().manual_seed(0)).audios  # fmt: skip
     assert audio.shape == (1, 2, 44100) and np.isfinite(audio).all()
-    for name, value in (("latent_channels", 64), ("same_heads", 4), ("same_patch_size", 1024)):
+    for name, value in (("latent_channels", 64), ("same_heads", 4), ("same_patch_size", 1024), ("same_mlp_ratio", 2)):
         with pytest.raises(ValueError, match=f"leave {name} unset"):
             build_initial_pipeline(str(tmp_path / "data"), same_init="spectral", **{name: value})
+    with pytest.raises(ValueError, match="`same_mlp_ratio` must be positive, got 0"):
+        build_initial_pipeline(str(tmp_path / "data"), same_mlp_ratio=0)
 
 
 def test_store_transformer_half_halves_the_file_and_loads_back_as_float32(tmp_path):

@@ -55,6 +55,7 @@ SAME_STRIDE=${SAME_STRIDE:-1}          # one 1,024-sample patch per latent (43 l
                                        # 16 patches per latent, which the tiny one could not learn on a CPU budget:
                                        # training_examples/README)
 SAME_KERNEL=${SAME_KERNEL:-1}          # decoder output convolution kernel (1: a third of the weights of 3)
+SAME_MLP_RATIO=${SAME_MLP_RATIO:-3}    # feed-forward width of the SAME blocks over the model width
 SAME_INIT=${SAME_INIT:-spectral}       # spectral: a constructed spectral gain-shape SAME with a noise generator, whose
                                        # latents are steady for steady grid-tuned sounds (tiny_components.
                                        # build_spectral_same; its geometry and latent width are its own, the SAME_* /
@@ -82,10 +83,19 @@ MAX_TEXT_LENGTH=${MAX_TEXT_LENGTH:-32}
 AE_STEPS=${AE_STEPS:-0}                 # full SAME training from the init (0: none; see README for why)
 AE_BATCH=${AE_BATCH:-8}
 AE_LR=${AE_LR:-1e-3}
+AE_LR_SCHEDULER=${AE_LR_SCHEDULER:-constant}  # a diffusers `get_scheduler` name (cosine: decays to 0 at AE_STEPS)
+AE_WARMUP=${AE_WARMUP:-0}
 AE_ADV_START=${AE_ADV_START:-1000000}   # no adversarial phase by default: it needs far more steps than a CPU run
 AE_SEGMENT=${AE_SEGMENT:-1.0}
 AE_LAMBDA_ALIGN=${AE_LAMBDA_ALIGN:-0}   # the diffusion-alignment loss delays latent use past a CPU budget (README)
 AE_LAMBDA_WAVE=${AE_LAMBDA_WAVE:-1}     # waveform L1: the spectral losses alone leave tones and stereo unreconstructed
+AE_LAMBDA_STFT=${AE_LAMBDA_STFT:-1}     # multi-resolution log-STFT loss; 0 with AE_LAMBDA_MEL=0 and AE_LAMBDA_LEVEL=1:
+AE_LAMBDA_MEL=${AE_LAMBDA_MEL:-1}       # the first from-scratch SAME that reconstructs tones and stereo (one 4,096-
+AE_LAMBDA_LEVEL=${AE_LAMBDA_LEVEL:-0}   # sample patch per latent; with the log-spectral terms its decoder ignored the
+                                        # latents, and each step took 8 x as long: training_examples/README, stop 32)
+AE_LAMBDA_CHROMA=${AE_LAMBDA_CHROMA:-0.1}  # the chroma and interaural-level regression heads (train_autoencoder.py's
+AE_LAMBDA_ILD=${AE_LAMBDA_ILD:-0.1}        # defaults; stop 32 ran without them)
+AE_ALIGN_CROPS=${AE_ALIGN_CROPS:-0}     # 1: train_autoencoder.py --align_crops (crops start on whole latent frames)
 DEC_STEPS=${DEC_STEPS:-0}               # decoder-only fine-tune (level loss) of the SAME (0: none; 100 steps from
                                         # the PCA init lowered every score: training_examples/README)
 DEC_LR=${DEC_LR:-1e-4}
@@ -150,19 +160,29 @@ if [[ -n "$SAME_FROM" ]]; then
     fi
     SAME_FROM=$(cd "$SAME_FROM" && pwd)   # the stages run from the repository root
 fi
-# The adversarial stage's rates and weight, checked before anything is written (a typo would otherwise only fail
-# after the flow and distillation stages).
-for setting in "ADV_LR=$ADV_LR=positive" "ADV_D_LR=$ADV_D_LR=positive" "ADV_CONTRASTIVE=$ADV_CONTRASTIVE=nonnegative"; do
+# The SAME's and the adversarial stage's rates and loss weights, checked before anything is written (a typo would
+# otherwise only fail after the stages before them).
+for setting in "ADV_LR=$ADV_LR=positive" "ADV_D_LR=$ADV_D_LR=positive" "ADV_CONTRASTIVE=$ADV_CONTRASTIVE=nonnegative" \
+    "AE_LR=$AE_LR=positive" "AE_LAMBDA_WAVE=$AE_LAMBDA_WAVE=nonnegative" "AE_LAMBDA_STFT=$AE_LAMBDA_STFT=nonnegative" \
+    "AE_LAMBDA_MEL=$AE_LAMBDA_MEL=nonnegative" "AE_LAMBDA_LEVEL=$AE_LAMBDA_LEVEL=nonnegative" \
+    "AE_LAMBDA_CHROMA=$AE_LAMBDA_CHROMA=nonnegative" "AE_LAMBDA_ILD=$AE_LAMBDA_ILD=nonnegative"; do
     IFS== read -r name value rule <<<"$setting"
     if ! python -c 'import math, sys
 v = float(sys.argv[1])
 sys.exit(0 if math.isfinite(v) and (v > 0 if sys.argv[2] == "positive" else v >= 0) else 1)' "$value" "$rule" \
         2>/dev/null; then
         echo "[make_tiny_model] $name=$value must be a finite number $([[ $rule == positive ]] && echo "> 0" ||
-            echo ">= 0"), e.g. $name=$([[ $name == ADV_CONTRASTIVE ]] && echo 1 || echo 1e-5)." >&2
+            echo ">= 0"), e.g. $name=$([[ $rule == nonnegative ]] && echo 1 || echo 1e-5)." >&2
         exit 2
     fi
 done
+if [[ "$AE_ALIGN_CROPS" != 0 && "$AE_ALIGN_CROPS" != 1 ]]; then
+    echo "[make_tiny_model] AE_ALIGN_CROPS=$AE_ALIGN_CROPS must be 0 or 1 (1: the SAME's crops start on whole latent" \
+        "frames), e.g. AE_ALIGN_CROPS=1." >&2
+    exit 2
+fi
+AE_CROP_ARGS=()
+[[ "$AE_ALIGN_CROPS" == 1 ]] && AE_CROP_ARGS=(--align_crops)
 TYPE_WEIGHT_ARGS=()
 if [[ -n "$TYPE_WEIGHTS" ]]; then
     read -r -a TYPE_WEIGHT_ARGS <<<"--type_weights $TYPE_WEIGHTS"
@@ -232,7 +252,7 @@ stage data_heldout python training_examples/synthetic_sounds.py --output_dir "$R
 # ----------------------------------------------------------------------------------------------- 2. components
 SAME_SIZE_FLAGS=(--latent_channels "$LATENT_CHANNELS" --same_heads "$SAME_HEADS" --same_layers "$SAME_LAYERS"
     --same_decoder_layers "$SAME_DECODER_LAYERS" --same_patch_size "$SAME_PATCH" --same_resampling_stride "$SAME_STRIDE"
-    --same_decoder_kernel_size "$SAME_KERNEL")
+    --same_decoder_kernel_size "$SAME_KERNEL" --same_mlp_ratio "$SAME_MLP_RATIO")
 [[ "$SAME_INIT" == spectral ]] && SAME_SIZE_FLAGS=()   # the construction sets them
 stage build_init python -m diffusers_sa3.training.tiny_components init --train_data_dir "$RUN_DIR/data/train" \
     --output_dir "$RUN_DIR/init" --text_width "$TEXT_WIDTH" "${SAME_SIZE_FLAGS[@]}" --same_init "$SAME_INIT" \
@@ -251,9 +271,13 @@ SAME_DIR="$RUN_DIR/same"
 stage train_autoencoder "${LAUNCH[@]}" training_examples/train_autoencoder.py \
     --pretrained_model_name_or_path "$RUN_DIR/init" --subfolder vae --train_data_dir "$RUN_DIR/data/train" \
     --output_dir "$RUN_DIR/same" --training_mode full --max_train_steps "$AE_STEPS" --train_batch_size "$AE_BATCH" \
-    --learning_rate "$AE_LR" --discriminator_learning_rate "$AE_LR" --adversarial_start_step "$AE_ADV_START" \
+    --learning_rate "$AE_LR" --discriminator_learning_rate "$AE_LR" --lr_scheduler "$AE_LR_SCHEDULER" \
+    --lr_warmup_steps "$AE_WARMUP" --adversarial_start_step "$AE_ADV_START" \
     --segment_seconds "$AE_SEGMENT" --stft_fft_sizes 2048 512 128 --mel_fft_sizes 2048 512 --mel_bins 80 40 \
-    --lambda_contrast 0 --lambda_align "$AE_LAMBDA_ALIGN" --lambda_wave "$AE_LAMBDA_WAVE" --checkpointing_steps "$CHECKPOINT_EVERY" --checkpoints_total_limit 2 \
+    --lambda_contrast 0 --lambda_align "$AE_LAMBDA_ALIGN" --lambda_wave "$AE_LAMBDA_WAVE" --lambda_stft "$AE_LAMBDA_STFT" \
+    --lambda_mel "$AE_LAMBDA_MEL" --lambda_level "$AE_LAMBDA_LEVEL" --lambda_chroma "$AE_LAMBDA_CHROMA" \
+    --lambda_ild "$AE_LAMBDA_ILD" "${AE_CROP_ARGS[@]}" \
+    --checkpointing_steps "$CHECKPOINT_EVERY" --checkpoints_total_limit 2 \
     --validation_steps 0 --report_to none --seed "$SEED" --loss_log "$RUN_DIR/same_loss.jsonl" \
     --resume_from_checkpoint latest
 fi

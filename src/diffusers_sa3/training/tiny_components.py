@@ -1461,6 +1461,7 @@ def build_initial_pipeline(
     same_patch_size: int = 256,
     same_resampling_stride: int = 16,
     same_decoder_kernel_size: int = 3,
+    same_mlp_ratio: float = 3.0,
     same_init: str = "random",
     dit_layers: int = 6,
     dit_heads: int = 2,
@@ -1474,7 +1475,8 @@ def build_initial_pipeline(
     `same_resampling_stride=1`, `same_layers >= 3` and `same_decoder_layers >= 2`) or `"spectral"`
     ([`build_spectral_same`] on the audio of `train_data_dir`: its geometry and `latent_channels` follow from the
     construction, so the `same_*` sizes and `latent_channels` must be left unset). `latent_channels` defaults to 32
-    for the others; `same_decoder_layers` defaults to `same_layers`.
+    for the others; `same_decoder_layers` defaults to `same_layers`. `same_mlp_ratio` is the SAME blocks' feed-forward
+    width over the model width.
     """
     from .synthetic_sounds import caption_vocabulary
 
@@ -1488,7 +1490,10 @@ def build_initial_pipeline(
         "same_patch_size": (same_patch_size, 256),
         "same_resampling_stride": (same_resampling_stride, 16),
         "same_decoder_kernel_size": (same_decoder_kernel_size, 3),
+        "same_mlp_ratio": (same_mlp_ratio, 3.0),
     }
+    if not same_mlp_ratio > 0:
+        raise ValueError(f"`same_mlp_ratio` must be positive, got {same_mlp_ratio}; the builders' default is 3.0.")
     if same_init == "spectral":
         changed = sorted(name for name, (given, default) in geometry.items() if given != default)
         if changed:
@@ -1518,6 +1523,7 @@ def build_initial_pipeline(
         patch_size=same_patch_size,
         resampling_stride=same_resampling_stride,
         decoder_kernel_size=same_decoder_kernel_size,
+        mlp_ratio=same_mlp_ratio,
     )
     if same_init != "random":
         from .audio_data import find_audio_files, load_audio
@@ -1728,6 +1734,7 @@ def main(input_args=None):
     init.add_argument("--same_heads", type=int, default=2)
     init.add_argument("--same_init", choices=SAME_INITS, default="random")
     init.add_argument("--same_layers", type=int, default=2)
+    init.add_argument("--same_mlp_ratio", type=float, default=3.0)
     init.add_argument("--same_patch_size", type=int, default=256)
     init.add_argument("--same_resampling_stride", type=int, default=16)
     init.add_argument("--seed", type=int, default=0)
