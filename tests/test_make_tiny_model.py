@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "..", "training_examples", "make_tiny_model.sh")
@@ -127,7 +128,8 @@ def test_adversarial_settings_in_range_are_accepted(tmp_path):
 
 def test_same_loss_settings_reach_train_autoencoder(tmp_path):
     """A from-scratch SAME with the stop-32 losses (waveform L1 and level only, frame-aligned crops): the stage's
-    recorded command carries them and the loss log has the waveform and level terms and no spectral ones."""
+    recorded command carries them and the loss log has the waveform and level terms and no spectral ones; the
+    trained SAME is then stored whole in float16 (the size budget) before anything is encoded with it."""
     run_dir = tmp_path / "run"
     result = _run(
         run_dir,
@@ -150,7 +152,7 @@ def test_same_loss_settings_reach_train_autoencoder(tmp_path):
         AE_ALIGN_CROPS="1",
         AE_LR_SCHEDULER="cosine",
         AE_WARMUP="1",
-        STOP_AFTER="train_autoencoder",
+        STOP_AFTER="half_vae_trained_same",
     )
     assert result.returncode == 0, result.stdout + result.stderr
     with open(run_dir / "stages.tsv") as f:
@@ -165,3 +167,9 @@ def test_same_loss_settings_reach_train_autoencoder(tmp_path):
     assert [row["step"] for row in rows] == [1, 2]
     assert all("ae/wave" in row and "ae/level" in row for row in rows)
     assert not any(name in row for row in rows for name in ("ae/stft", "ae/mel", "sem/chroma", "sem/ild"))
+    assert "--all_weights" in commands["half_vae_trained_same"]
+    from safetensors import safe_open
+
+    with safe_open(str(run_dir / "init_trained_same" / "vae" / "diffusion_pytorch_model.safetensors"), "pt") as f:
+        dtypes = {f.get_tensor(name).dtype for name in f.keys()}
+    assert dtypes == {torch.float16}, dtypes

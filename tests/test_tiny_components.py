@@ -558,6 +558,28 @@ def test_initial_pipeline_with_spectral_same_sets_its_own_geometry(tmp_path):
         build_initial_pipeline(str(tmp_path / "data"), same_mlp_ratio=0)
 
 
+def test_half_vae_all_weights_rounds_a_trained_same_whole(tmp_path):
+    """`half-vae --all_weights` (a SAME trained from a random init): every weight float16 on disk (the bottleneck's
+    empty `noise_scale` included), each the float16 rounding of the original, float32 on load."""
+    from safetensors import safe_open
+
+    from diffusers_sa3 import SAMEAutoencoderModel
+    from diffusers_sa3.training.tiny_components import main
+
+    model = build_tiny_same(latent_channels=8, num_layers=1)
+    model.save_pretrained(tmp_path / "vae")
+    path = tmp_path / "vae" / "diffusion_pytorch_model.safetensors"
+    size = path.stat().st_size
+    main(["half-vae", "--all_weights", "--pipeline", str(tmp_path)])
+    assert path.stat().st_size < 0.55 * size
+    with safe_open(str(path), "pt") as f:
+        assert {f.get_tensor(name).dtype for name in f.keys()} == {torch.float16}
+    loaded = SAMEAutoencoderModel.from_pretrained(tmp_path / "vae")
+    for (name, original), (_, reloaded) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert reloaded.dtype == torch.float32, name
+        torch.testing.assert_close(reloaded, original.half().float(), rtol=0, atol=0)
+
+
 def test_store_transformer_half_halves_the_file_and_loads_back_as_float32(tmp_path):
     """`store_transformer_half` (the recipe's `half-transformer` step): the transformer file shrinks to about half,
     loads back as float32 with every weight equal to the float16 rounding of the original, and a missing file is

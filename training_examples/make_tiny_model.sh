@@ -298,9 +298,20 @@ fi
 stage build_trained_same python -m diffusers_sa3.training.tiny_components swap-vae --pipeline "$RUN_DIR/init" \
     --vae "$SAME_DIR" --output_dir "$RUN_DIR/init_trained_same"
 # Every saved pipeline writes its SAME back in float32: the spectral SAME is stored again with `half-vae` in each
-# folder that is used or shipped (the same values, so the same bytes in all of them).
+# folder that is used or shipped (the same values, so the same bytes in all of them). A SAME trained by this run from
+# SAME_INIT=random is rounded whole to float16 (`--all_weights`: in float32 it alone would exceed the size budget),
+# here, before anything is encoded with it, so that the DiT trains on the SAME that ships. (The pca and gain_shape
+# constructions stay float32: their fitted functions need the precision.)
+HALF_VAE=0
+HALF_VAE_ARGS=()
 if [[ "$SAME_INIT" == spectral ]]; then
-    stage half_vae_trained_same python -m diffusers_sa3.training.tiny_components half-vae \
+    HALF_VAE=1
+elif [[ "$SAME_INIT" == random && -z "$SAME_FROM" ]]; then
+    HALF_VAE=1
+    HALF_VAE_ARGS=(--all_weights)
+fi
+if ((HALF_VAE)); then
+    stage half_vae_trained_same python -m diffusers_sa3.training.tiny_components half-vae "${HALF_VAE_ARGS[@]}" \
         --pipeline "$RUN_DIR/init_trained_same"
 fi
 
@@ -353,9 +364,11 @@ stage train_adversarial "${LAUNCH[@]}" training_examples/train_adversarial.py \
 # before the evaluation, so the evaluation scores the weights that ship.
 stage half_base python -m diffusers_sa3.training.tiny_components half-transformer --pipeline "$RUN_DIR/base"
 stage half_post python -m diffusers_sa3.training.tiny_components half-transformer --pipeline "$RUN_DIR/post"
-if [[ "$SAME_INIT" == spectral ]]; then
-    stage half_vae_base python -m diffusers_sa3.training.tiny_components half-vae --pipeline "$RUN_DIR/base"
-    stage half_vae_post python -m diffusers_sa3.training.tiny_components half-vae --pipeline "$RUN_DIR/post"
+if ((HALF_VAE)); then
+    stage half_vae_base python -m diffusers_sa3.training.tiny_components half-vae "${HALF_VAE_ARGS[@]}" \
+        --pipeline "$RUN_DIR/base"
+    stage half_vae_post python -m diffusers_sa3.training.tiny_components half-vae "${HALF_VAE_ARGS[@]}" \
+        --pipeline "$RUN_DIR/post"
 fi
 
 if [[ -n "$BASE_GUIDANCE" ]]; then
@@ -449,7 +462,8 @@ def card(title, folder, sampling):
              "encoder with frozen *random* weights and a word-level tokenizer over the caption words: it only knows",
              "the caption grammar. For tests, demos and CI, not for real audio.", "", same_origin, "",
              "The transformer weights are stored in float16 and load as float32"
-             + ("; so are the SAME's analysis and synthesis matrices and its weights that float16 holds exactly "
+             + ("; so are all the SAME's weights (`half-vae --all_weights`)." if any(n.startswith("half_vae") and "--all_weights" in c for n, _, c in stages + earlier)
+                else "; so are the SAME's analysis and synthesis matrices and its weights that float16 holds exactly "
                 "(`half-vae`), its other weights are float32." if any(n.startswith("half_vae") for n, _, _ in stages + earlier)
                 else "."), "",
              f"Sampling: {sampling}", "",

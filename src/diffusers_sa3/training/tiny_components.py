@@ -1569,7 +1569,7 @@ def store_weights_half(
             continue
         rounded = tensor.half()
         if lossy is None or name in lossy:
-            if tensor.abs().max() > torch.finfo(torch.float16).max:
+            if tensor.numel() and tensor.abs().max() > torch.finfo(torch.float16).max:
                 raise ValueError(f"{path}: {name} does not fit float16 (max |x| {tensor.abs().max().item():.3g}).")
             half[name] = rounded
         else:
@@ -1714,7 +1714,7 @@ def main(input_args=None):
     """
     CLI of `make_tiny_model.sh`: `init` writes the untrained pipeline, `swap-vae` puts a trained SAME into one,
     `half-transformer` stores a pipeline's transformer in float16, `half-vae` a spectral SAME's matrices
-    ([`store_weights_half`]), `set-guidance` a pipeline's default CFG scale ([`set_default_guidance_scale`]),
+    (with `--all_weights`, a trained SAME's every weight; [`store_weights_half`]), `set-guidance` a pipeline's default CFG scale ([`set_default_guidance_scale`]),
     `check-frozen` checks that two pipelines share their frozen components
     ([`frozen_files_differ`]), `replace-decoder` puts a decoder fine-tune of a pipeline's SAME into it
     ([`replace_decoder`]).
@@ -1750,8 +1750,14 @@ def main(input_args=None):
     half.add_argument("--pipeline", required=True)
     half_vae = commands.add_parser(
         "half-vae",
-        help="Rewrite a pipeline's spectral SAME: its analysis and synthesis matrices in float16, its other weights "
-        "in float16 where that is exact (all loaded back as float32).",
+        help="Rewrite a pipeline's SAME in float16 (loaded back as float32): a spectral SAME's analysis and "
+        "synthesis matrices, its other weights where that is exact; with --all_weights every weight.",
+    )
+    half_vae.add_argument(
+        "--all_weights",
+        action="store_true",
+        help="Round every floating weight to float16 (a trained SAME); without it, a spectral SAME's analysis and "
+        "synthesis matrices only.",
     )
     half_vae.add_argument("--pipeline", required=True)
     guidance = commands.add_parser(
@@ -1782,7 +1788,7 @@ def main(input_args=None):
     elif args.command == "half-transformer":
         store_transformer_half(args.pipeline)
     elif args.command == "half-vae":
-        store_weights_half(args.pipeline, "vae", SPECTRAL_LOSSY_WEIGHTS)
+        store_weights_half(args.pipeline, "vae", None if args.all_weights else SPECTRAL_LOSSY_WEIGHTS)
     elif args.command == "replace-decoder":
         try:
             replace_decoder(args.pipeline, args.vae)
