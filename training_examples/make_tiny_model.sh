@@ -453,6 +453,15 @@ else:
                    f"`diffusers_sa3.training.tiny_components` {fitted}, in the official architecture; training it "
                    "from scratch on a CPU budget did not reconstruct tones or stereo (training_examples/README).")
 
+half_vae = [command for name, _, command in stages + earlier if name.startswith("half_vae")]
+if any("--all_weights" in command for command in half_vae):
+    same_precision = "; so are all the SAME's weights (`half-vae --all_weights`)."
+elif half_vae:
+    same_precision = ("; so are the SAME's analysis and synthesis matrices and its weights that float16 holds exactly "
+                      "(`half-vae`), its other weights are float32.")
+else:
+    same_precision = "."
+
 
 def card(title, folder, sampling):
     lines = [f"# {title}", "",
@@ -461,11 +470,7 @@ def card(title, folder, sampling):
              "quiet / loud; 1-12 s) with `training_examples/make_tiny_model.sh`. The text encoder is a tiny T5Gemma",
              "encoder with frozen *random* weights and a word-level tokenizer over the caption words: it only knows",
              "the caption grammar. For tests, demos and CI, not for real audio.", "", same_origin, "",
-             "The transformer weights are stored in float16 and load as float32"
-             + ("; so are all the SAME's weights (`half-vae --all_weights`)." if any(n.startswith("half_vae") and "--all_weights" in c for n, _, c in stages + earlier)
-                else "; so are the SAME's analysis and synthesis matrices and its weights that float16 holds exactly "
-                "(`half-vae`), its other weights are float32." if any(n.startswith("half_vae") for n, _, _ in stages + earlier)
-                else "."), "",
+             "The transformer weights are stored in float16 and load as float32" + same_precision, "",
              f"Sampling: {sampling}", "",
              f"Weights in this folder: {weights_mb(folder):.1f} MB (safetensors).", "",
              f"Hardware: {hardware}.", "",

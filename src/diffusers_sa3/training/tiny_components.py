@@ -1714,7 +1714,8 @@ def main(input_args=None):
     """
     CLI of `make_tiny_model.sh`: `init` writes the untrained pipeline, `swap-vae` puts a trained SAME into one,
     `half-transformer` stores a pipeline's transformer in float16, `half-vae` a spectral SAME's matrices
-    (with `--all_weights`, a trained SAME's every weight; [`store_weights_half`]), `set-guidance` a pipeline's default CFG scale ([`set_default_guidance_scale`]),
+    (with `--all_weights`, a trained SAME's every weight; [`store_weights_half`]), `set-guidance` a pipeline's
+    default CFG scale ([`set_default_guidance_scale`]),
     `check-frozen` checks that two pipelines share their frozen components
     ([`frozen_files_differ`]), `replace-decoder` puts a decoder fine-tune of a pipeline's SAME into it
     ([`replace_decoder`]).
